@@ -1,0 +1,192 @@
+"""Training batches of (augmented image, caption tokens) from webdataset shards, via tf.data.
+
+Each host reads only its own shards (`shards.host_shards`). Per epoch: the host's shard order is
+shuffled with a seed derived from (seed, epoch, host); samples are streamed from the tars by a
+Python generator that also tokenises the captions, shuffled in a buffer, then decoded and
+augmented in parallel: Inception-style random resized crop (area fraction `crop_scale`, aspect
+ratio 3/4..4/3, whole image if no crop fits), bilinear antialiased resize to
+`image_size`, random horizontal flip. Epochs repeat forever.
+
+Augmentation randomness is stateless, keyed by (epoch seed, sample number), so a seed fixes every
+crop and flip; `deterministic=True` (the default: its cost was within measurement noise) also fixes
+the batch order.
+
+Skipped data is counted in the returned `SkipStats` (reasons in `shards`'s docstring) plus
+`decode_error`: images that pass the structural checks but fail to decode in TF. Those are dropped
+by `ignore_errors` and counted once per epoch, at its end, as samples emitted by the generator
+minus samples that reached the batches. Each epoch's last, partial batch is dropped.
+"""
+from collections.abc import Callable, Iterator, Sequence
+import functools
+import itertools
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from data_pipelines import shards as shards_lib
+
+AUTOTUNE = tf.data.AUTOTUNE
+_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+_JPEG_SOI = b'\xff\xd8'
+# Samples per generator step: tf.data pays a high fixed cost per element of a Python generator.
+_GENERATOR_CHUNK = 64
+
+# Hosts feed accelerators through JAX: TF must never claim their memory.
+try:
+  for _device_type in ('GPU', 'TPU'):
+    tf.config.set_visible_devices([], _device_type)
+except RuntimeError as _error:  # TF set up its devices before this import; too late to hide them.
+  logging.warning('TensorFlow may hold accelerator memory: %s', _error)
+
+
+def make_image_text_iterator(
+    shards: str | Sequence[str],
+    *,
+    batch_size: int,
+    image_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+    start_epoch: int = 0,
+    shuffle_buffer: int = 1000,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    flip: bool = True,
+    text_fn: Callable[[str], np.ndarray] | None = None,
+    context_length: int = 77,
+    num_parallel_calls: int = AUTOTUNE,
+    prefetch: int = 2,
+    deterministic: bool = True,
+    with_keys: bool = False,
+) -> tuple[Iterator[dict[str, np.ndarray]], shards_lib.SkipStats]:
+  """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` and their skip counts.
+
+  Args:
+    shards: shard pattern(s), see `shards.expand_pattern`; this host reads its share only.
+    batch_size: per-host batch size b.
+    image_size: output side S.
+    process_index: this host's index (`jax.process_index()`).
+    process_count: number of hosts (`jax.process_count()`).
+    seed: fixes shard order, shuffle, crops and flips.
+    start_epoch: first epoch number (to resume at an epoch boundary).
+    shuffle_buffer: samples in the shuffle buffer; 0 or 1 keeps the stream order.
+    crop_scale: (min, max) area fraction of the random crop.
+    flip: randomly mirror half of the images left-right.
+    text_fn: caption -> int32 tokens [L] or [1, L]; defaults to the CLIP tokenizer.
+    context_length: L.
+    num_parallel_calls: parallel decodes.
+    prefetch: batches prepared ahead.
+    deterministic: keep the batch order fixed by the seed; False lets a slow decode be overtaken.
+    with_keys: add 'key': the samples' webdataset keys (bytes objects), e.g. for debugging.
+
+  Returns:
+    The batch iterator, and the `SkipStats` it updates while running.
+
+  Raises (while iterating):
+    ValueError if a whole epoch yields less than one batch, naming this host's shards; any error
+    of `text_fn`, at the end of the epoch it happened in.
+  """
+  if batch_size < 1 or image_size < 1 or context_length < 1:
+    raise ValueError(f'batch_size={batch_size}, image_size={image_size} and context_length={context_length} '
+                     'must all be positive.')
+  if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+    raise ValueError(f'crop_scale={crop_scale} must be (min, max) area fractions with 0 < min <= max <= 1.')
+  host_shards = shards_lib.host_shards(shards_lib.expand_pattern(shards), process_index, process_count)
+  if text_fn is None:
+    from data_pipelines import tokenizer  # Lazy: it loads the BPE vocabulary.
+    text_fn = functools.partial(tokenizer.tokenize, context_length=context_length)
+  stats = shards_lib.SkipStats()
+  signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
+               tf.TensorSpec([None, context_length], tf.int32), tf.TensorSpec([None], tf.int64))
+  options = tf.data.Options()
+  options.deterministic = deterministic
+
+  def tokens_of(caption: str) -> np.ndarray:
+    tokens = np.asarray(text_fn(caption), np.int32)
+    if tokens.size != context_length:
+      raise ValueError(f'text_fn returned shape {tokens.shape} for caption {caption!r}; '
+                       f'expected [{context_length}] or [1, {context_length}] (context_length).')
+    return tokens.reshape(context_length)
+
+  def batches() -> Iterator[dict[str, np.ndarray]]:
+    for epoch in itertools.count(start_epoch):
+      shard_seed, sample_seed = np.random.SeedSequence([seed, epoch, process_index]).generate_state(2)
+      epoch_shards = [host_shards[i] for i in np.random.default_rng(shard_seed).permutation(len(host_shards))]
+      emitted, failures = 0, []
+
+      def chunks():
+        nonlocal emitted
+        # Re-raised in the loop below: `ignore_errors` would otherwise swallow a failing text_fn.
+        try:
+          stream = shards_lib.iterate_samples(epoch_shards, stats)
+          while chunk := list(itertools.islice(stream, _GENERATOR_CHUNK)):
+            keys, images, captions = zip(*chunk)
+            yield (np.array(keys, object), np.array(images, object), np.stack([tokens_of(c) for c in captions]),
+                   np.arange(emitted, emitted + len(chunk)))
+            emitted += len(chunk)
+        except Exception as e:
+          failures.append(e)
+
+      dataset = tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
+      if shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=int(sample_seed))
+      augment = functools.partial(_decode_and_augment, sample_seed=int(sample_seed), image_size=image_size,
+                                  crop_scale=crop_scale, flip=flip, with_keys=with_keys)
+      dataset = dataset.map(augment, num_parallel_calls=num_parallel_calls).ignore_errors()
+      # Batched without drop_remainder so every sample that arrives is counted (see docstring).
+      dataset = dataset.batch(batch_size).prefetch(prefetch).with_options(options)
+      arrived = full_batches = 0
+      for batch in dataset.as_numpy_iterator():
+        arrived += len(batch['tokens'])
+        if len(batch['tokens']) == batch_size:
+          full_batches += 1
+          yield batch
+      if failures:
+        raise failures[0]
+      if emitted > arrived:
+        stats.add('decode_error', emitted - arrived)
+      logging.info('Epoch %d, host %d: %d samples, skipped so far: %s', epoch, process_index, arrived, stats.counts)
+      if not full_batches:
+        preview = ', '.join(host_shards[:5]) + (', ...' if len(host_shards) > 5 else '')
+        raise ValueError(
+            f'Epoch {epoch} gave only {arrived} samples on host {process_index}, fewer than batch_size='
+            f'{batch_size} (skipped: {stats.counts}). Its {len(host_shards)} shards: {preview}. '
+            'Check that the paths exist and hold img2dataset-style KEY.jpg + KEY.txt samples.')
+
+  return batches(), stats
+
+
+def _decode_and_augment(key, image_bytes, tokens, index, *, sample_seed: int, image_size: int,
+                        crop_scale: tuple[float, float], flip: bool, with_keys: bool):
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
+      tf.stack([tf.constant(sample_seed, tf.int64), index]), 2))
+
+  def crop_window(shape):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=crop_seed,
+        min_object_covered=0, aspect_ratio_range=_ASPECT_RATIO_RANGE, area_range=crop_scale,
+        use_image_if_no_bounding_boxes=True)
+    return begin, size
+
+  def jpeg():  # Decodes only the crop window: the cheap path for nearly all web images.
+    begin, size = crop_window(tf.image.extract_jpeg_shape(image_bytes))
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    # The accurate integer DCT cost no more than TF's default fast one here, and matches PIL.
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method='INTEGER_ACCURATE')
+
+  def other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    begin, size = crop_window(tf.shape(image))
+    return tf.slice(image, begin, size)
+
+  image = tf.cond(tf.strings.substr(image_bytes, 0, 2) == _JPEG_SOI, jpeg, other)
+  # Antialiasing changes only downscaling, and is 3-4x slower: skip it when the crop is enlarged.
+  resize = functools.partial(tf.image.resize, size=[image_size, image_size], method='bilinear')
+  image = tf.cond(tf.reduce_any(tf.shape(image)[:2] > image_size),
+                  lambda: resize(image, antialias=True), lambda: resize(image, antialias=False))
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  batch = {'image': tf.saturate_cast(tf.round(image), tf.uint8), 'tokens': tokens}
+  if with_keys:
+    batch['key'] = key
+  return batch

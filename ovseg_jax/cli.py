@@ -1,0 +1,34 @@
+"""Command-line plumbing shared by the entry points: config/workdir flags and a clean flag-error exit."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+# The input pipeline's TensorFlow must not print its C++ start-up noise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:variant].",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory with checkpoints, metrics, results and overlays.")
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """Parses flags; a misspelt `--config.key` stops here with the key's name instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    message = str(e).strip("'\"").replace("\\n", " ")
+    if "Traceback" in message:  # A config file that raised: its own last line says what is wrong.
+      message = message.strip().splitlines()[-1]
+    sys.stderr.write(f"error: bad flag or config override: {message}\n"
+                     f"(see --helpfull; config keys are listed in the config file)\n")
+    sys.exit(2)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main, flags_parser=_parse)

@@ -1,0 +1,74 @@
+"""Open-vocabulary inference: class names -> text embeddings; image -> per-pixel class scores -> labels.
+
+Per-pixel scores come from the final decoder layer's masks and the mask embeddings classified against the
+class-name embeddings (softmax over classes of the scaled cosine similarity), combined either as
+MaskFormer's semantic inference (`sum` over queries of class prob x mask prob) or by the winning query
+per pixel (`winner`: the query with the highest class confidence x mask probability decides).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines.tokenizer import tokenize
+from ovseg_jax.preprocessing import normalize_images
+
+DECODE_METHODS = ("sum", "winner")
+
+
+def _l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def class_text_embeddings(model: Any, params: Any, class_names: Sequence[str], templates: Sequence[str],
+                          context_length: int) -> jax.Array:
+  """[C, D] unit-norm embeddings: every template filled with the name, normalised, averaged, renormalised."""
+  if not class_names:
+    raise ValueError("the class list is empty: give at least one class name.")
+  prompts = [t.format(name) for name in class_names for t in templates]
+  tokens = jnp.asarray(tokenize(prompts, context_length=context_length))
+  emb = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))(params, tokens)
+  emb = _l2_normalize(emb).reshape(len(class_names), len(templates), -1)
+  return _l2_normalize(jnp.mean(emb, axis=1))
+
+
+def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_embeddings: jax.Array,
+                       logit_scale: jax.Array, out_hw: tuple[int, int], decode: str) -> jax.Array:
+  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob)."""
+  if decode not in DECODE_METHODS:
+    raise ValueError(f"eval.decode={decode!r}: use one of {DECODE_METHODS}.")
+  b, n = mask_logits.shape[:2]
+  mask_logits = jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *out_hw), method="bilinear")
+  mask_prob = jax.nn.sigmoid(mask_logits)
+  class_prob = jax.nn.softmax(logit_scale * _l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
+  if decode == "sum":
+    return jnp.einsum("bnc,bnhw->bchw", class_prob, mask_prob)
+  confidence = jnp.max(class_prob, axis=-1)  # [B, N]
+  winner = jnp.argmax(confidence[:, :, None, None] * mask_prob, axis=1)  # [B, H, W]
+  win_mask = jnp.take_along_axis(mask_prob, winner[:, None], axis=1)[:, 0]  # [B, H, W]
+  win_class = jnp.take_along_axis(class_prob[:, :, None, None, :], winner[:, None, :, :, None], axis=1)[:, 0]
+  return jnp.moveaxis(win_class, -1, 1) * win_mask[:, None]
+
+
+def make_segmenter(model: Any, decode: str):
+  """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [C,D]) -> scores [B,C,H,W]`."""
+  def fn(params, images, text_embeddings):
+    out = model.apply({"params": params}, normalize_images(images), method="encode_image")
+    scale = model.apply({"params": params}, method="logit_scale")
+    return pixel_class_scores(out["pred_masks"][-1], out["mask_embeddings"], text_embeddings, scale,
+                              images.shape[1:3], decode)
+  return jax.jit(fn)
+
+
+def labels_from_scores(scores: np.ndarray, class_ids: np.ndarray, background_id: int | None,
+                       threshold: float) -> np.ndarray:
+  """Argmax over classes mapped to dataset ids; pixels whose best score is below `threshold` -> background."""
+  best = np.argmax(scores, axis=1)
+  labels = np.asarray(class_ids)[best]
+  if background_id is not None:
+    labels = np.where(np.max(scores, axis=1) < threshold, background_id, labels)
+  return labels.astype(np.int32)

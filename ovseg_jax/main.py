@@ -1,0 +1,21 @@
+r"""Trains and evaluates an S-Seg model from a config file.
+
+  python -m ovseg_jax.main --config=configs/sseg_demo.py --workdir=/tmp/sseg_demo [--config.total_steps=100]
+
+Re-running the same command resumes from the latest checkpoint in the workdir. Unknown `--config.*` keys
+are rejected at start with the key's name.
+"""
+from absl import app
+
+from ovseg_jax import cli
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from ovseg_jax import train  # Imported after flag parsing so a bad flag fails fast.
+  train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,93 @@
+"""The S-Seg training objective: pseudo masks -> bipartite matching -> dice + focal, plus image-text InfoNCE.
+
+Everything runs inside the jitted train step on device (no host callbacks): the pseudo-mask generator is
+frozen (no gradient), matching is the exact on-device Hungarian, and the contrastive loss sees the global
+batch because the step is jitted over global arrays.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ovseg_jax import losses, matching, pseudo_masks
+from ovseg_jax.preprocessing import normalize_images
+
+
+def make_pseudo_mask_fn(cfg: ml_collections.ConfigDict, image_size: int,
+                        dino: tuple[Any, Any] | None = None) -> Callable[[jax.Array, jax.Array], tuple]:
+  """Returns `fn(images_uint8, key) -> (masks [B,K,h,w], valid [B,K])` for the configured feature source."""
+  if cfg.features == "pixels":
+    grid = image_size // cfg.cell
+    feature_fn = lambda images: pseudo_masks.pixel_patch_features(
+        images.astype(jnp.float32) / 255.0, cell=cfg.cell, position_weight=cfg.position_weight)
+    normalize = False
+  elif cfg.features == "dino":
+    if dino is None:
+      raise ValueError("pseudo_masks.features='dino' needs pseudo_masks.dino_checkpoint (a DINO .pth file or "
+                       "a Hugging Face facebook/dino-* directory).")
+    module, params = dino
+    patch = module.patch_size
+    grid = image_size // patch
+    feature_fn = lambda images: module.apply({"params": params}, normalize_images(images))
+    normalize = True
+  else:
+    raise ValueError(f"pseudo_masks.features={cfg.features!r}: use 'pixels' or 'dino'.")
+
+  def fn(images, key):
+    return pseudo_masks.generate_pseudo_masks(
+        images, num_clusters=cfg.num_clusters, num_iters=cfg.num_iters, key=key, init=cfg.init,
+        feature_fn=feature_fn, grid_hw=(grid, grid), normalize=normalize)
+  return fn
+
+
+def mask_losses(pred_masks: jax.Array, targets: jax.Array, valid: jax.Array,
+                cfg: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Matches and scores every decoder layer's masks against the pseudo masks.
+
+  pred_masks: [L, B, N, h, w] logits; targets: [B, K, h, w] in {0, 1}; valid: [B, K] (non-empty targets).
+  Each layer is matched on its own (MaskFormer's aux losses); losses are normalised by the number of
+  valid pseudo masks in the global batch and summed over layers.
+  """
+  num_layers, batch, num_queries = pred_masks.shape[:3]
+  pred = pred_masks.reshape(num_layers, batch, num_queries, -1).astype(jnp.float32)
+  target = targets.reshape(batch, targets.shape[1], -1).astype(jnp.float32)
+  num_masks = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+  layers = range(num_layers) if cfg.aux_layers else [num_layers - 1]
+  out: dict[str, jax.Array] = {}
+  for layer in layers:
+    cost = losses.pairwise_mask_cost(jax.lax.stop_gradient(pred[layer]), target,
+                                     weight_focal=cfg.weight_focal, weight_dice=cfg.weight_dice)
+    # [B, 2, K] since N >= K; pairs of empty targets fill the fixed shape and are masked in the loss.
+    rows_cols, _ = matching.masked_hungarian_matching(cost, valid)
+    rows, cols = rows_cols[:, 0], rows_cols[:, 1]
+    matched_pred = jnp.zeros_like(cols).at[jnp.arange(batch)[:, None], cols].set(rows)
+    layer_losses = losses.matched_mask_loss(
+        pred[layer], target, valid, matched_pred, num_masks, weight_focal=cfg.weight_focal,
+        weight_dice=cfg.weight_dice, empty_unmatched_weight=cfg.empty_unmatched_weight)
+    for name, value in layer_losses.items():
+      out[name] = out.get(name, 0.0) + value
+  return out
+
+
+def sseg_loss(params: Any, model: Any, batch: dict[str, jax.Array], key: jax.Array,
+              cfg: ml_collections.ConfigDict, pseudo_mask_fn: Callable) -> tuple[jax.Array, dict]:
+  """Total loss = weight_mask * L_mask + weight_contrastive * L_contrastive (paper eq. 4)."""
+  mask_key, dropout_key = jax.random.split(key)
+  targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key))
+  out = model.apply({"params": params}, normalize_images(batch["image"]), batch["tokens"], train=True,
+                    rngs={"dropout": dropout_key})
+  pred_hw = out["pred_masks"].shape[-2:]
+  targets = pseudo_masks.resize_masks(targets, pred_hw)
+  mask = mask_losses(out["pred_masks"], targets, valid, cfg.loss)
+  contrastive = losses.contrastive_loss(out["image_embedding"], out["text_embedding"], out["logit_scale"])
+  total = cfg.loss.weight_mask * mask["loss"] + cfg.loss.weight_contrastive * contrastive["loss"]
+  metrics = {"loss": total, "mask_loss": mask["loss"], "focal": mask["focal"], "dice": mask["dice"],
+             "contrastive_loss": contrastive["loss"], "contrastive_accuracy": contrastive["accuracy"],
+             "logit_scale": out["logit_scale"], "pseudo_masks_per_image": jnp.mean(jnp.sum(valid, -1))}
+  if "empty" in mask:
+    metrics["empty_unmatched"] = mask["empty"]
+  return total, metrics

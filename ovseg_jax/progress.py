@@ -1,0 +1,78 @@
+"""Metric writing (TensorBoard + console + JSON lines) and step-loop progress (steps/s, img/s, ETA)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+
+class MetricLogger:
+  """Writes scalars to TensorBoard and `metrics.jsonl` in the workdir; only host 0 writes."""
+
+  def __init__(self, workdir: str | Path):
+    # Console lines come from `format_line`; clu's logging writer would repeat them.
+    self._writer = metric_writers.SummaryWriter(str(workdir)) if jax.process_index() == 0 else None
+    self._jsonl = Path(workdir) / "metrics.jsonl"
+
+  def write(self, step: int, scalars: dict[str, Any]) -> None:
+    if self._writer is None:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._writer.write_scalars(step, scalars)
+    with self._jsonl.open("a") as f:
+      f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+      self._writer.close()
+
+
+class Progress:
+  """Measures throughput between reports; the first report after (re)start excludes compilation."""
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self._last_step, self._last_time = start_step, None
+
+  def report(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    if self._last_time is None:
+      self._last_step, self._last_time = step, now
+      return {}
+    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return {"steps_per_sec": steps_per_sec, "img_per_sec": steps_per_sec * self.batch_size,
+            "eta_min": (self.total_steps - step) / max(steps_per_sec, 1e-9) / 60}
+
+
+def format_line(step: int, total_steps: int, scalars: dict[str, float]) -> str:
+  keys = ("loss", "mask_loss", "contrastive_loss", "contrastive_accuracy", "learning_rate",
+          "steps_per_sec", "img_per_sec", "eta_min")
+  parts = [f"{k}={scalars[k]:.4g}" for k in keys if k in scalars]
+  return f"step {step}/{total_steps} " + " ".join(parts)
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def check_finite(history: list[tuple[int, dict[str, Any]]]) -> None:
+  """Raises naming the first step and metric that is NaN/Inf (history holds fetched per-step metrics)."""
+  for step, metrics in history:
+    for name, value in metrics.items():
+      if not math.isfinite(float(np.asarray(value))):
+        raise NonFiniteError(f"non-finite {name}={float(np.asarray(value))} at step {step}; training stopped. "
+                             "Lower optimizer.lr or check the input data.")
+
+
+def log(message: str) -> None:
+  """Console output of host 0 (other hosts stay quiet)."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
