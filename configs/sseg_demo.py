@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.decoder = ml_collections.ConfigDict(dict(
       num_queries=16, dim=128, num_heads=4, mlp_dim=256, num_layers=3))
   c.model.text = ml_collections.ConfigDict(dict(
-      vocab_size=49408, width=128, depth=2, num_heads=4))
+      vocab_size=49408, width=128, depth=2, num_heads=4,
+      context_length=c.data.get_ref("context_length")))
   c.model.embed_dim = 128
   c.model.pool_order = "mean_then_project"
   c.model.dtype = "float32"
@@ -102,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.context_length = 16
     c.model.backbone.update(width=32, depth=1, num_heads=2, mlp_dim=64)
     c.model.pixel_decoder.update(conv_dim=32, mask_dim=32)
-    c.model.decoder.update(num_queries=4, dim=32, num_heads=2, mlp_dim=64, num_layers=2)
+    c.model.decoder.update(num_queries=8, dim=32, num_heads=2, mlp_dim=64, num_layers=2)
     c.model.text.update(width=32, depth=1, num_heads=2)
     c.model.embed_dim = 32
     c.optimizer.warmup_steps = 2

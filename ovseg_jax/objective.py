@@ -53,6 +53,9 @@ def mask_losses(pred_masks: jax.Array, targets: jax.Array, valid: jax.Array,
   valid pseudo masks in the global batch and summed over layers.
   """
   num_layers, batch, num_queries = pred_masks.shape[:3]
+  if num_queries < targets.shape[1]:
+    raise ValueError(f"model.decoder.num_queries={num_queries} is below pseudo_masks.num_clusters="
+                     f"{targets.shape[1]}: every pseudo mask needs a query; raise the first or lower the second.")
   pred = pred_masks.reshape(num_layers, batch, num_queries, -1).astype(jnp.float32)
   target = targets.reshape(batch, targets.shape[1], -1).astype(jnp.float32)
   num_masks = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)

@@ -1,0 +1,158 @@
+"""S-Seg: a MaskFormer without a class head plus a text tower, trained from image-text pairs (paper sec. 3).
+
+Image side: backbone -> FPN pixel decoder -> transformer decoder -> N masks and N mask features. Each mask
+feature is projected into the joint space by a 2-layer MLP (hidden width = the decoder width, exact GELU;
+the paper does not specify the hidden width or activation) to classify masks at test time; the image
+embedding for the contrastive loss pools the N mask features (`pool_order`). Text side: causal text
+transformer -> [EOS] feature -> its own 2-layer MLP. Inputs are float NHWC images already normalised by
+the caller.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ovseg_jax.models.layers import DType, Mlp
+from ovseg_jax.models.maskformer import MaskHead, TransformerDecoder
+from ovseg_jax.models.pixel_decoder import FPNPixelDecoder
+from ovseg_jax.models.text_transformer import TextTransformer
+from ovseg_jax.models.vit import ViTBackbone
+
+# 'mean_then_project': paper, MLP(mean_n feature_n); 'project_then_mean': mean_n MLP(feature_n).
+POOL_ORDERS = ("mean_then_project", "project_then_mean")
+MAX_LOGIT_SCALE = 100.0
+
+
+class SSeg(nn.Module):
+  """The S-Seg model. Build it from a config with `build_sseg`."""
+  # ViT backbone; its simple feature pyramid has `conv_dim` channels.
+  patch_size: int
+  vit_width: int
+  vit_depth: int
+  vit_heads: int
+  vit_mlp_dim: int
+  # FPN pixel decoder.
+  conv_dim: int
+  mask_dim: int
+  # Transformer decoder.
+  num_queries: int
+  decoder_dim: int
+  decoder_heads: int
+  decoder_mlp_dim: int
+  decoder_layers: int
+  # Text tower.
+  text_width: int
+  text_depth: int
+  text_heads: int
+  vocab_size: int = 49408
+  context_length: int = 77
+  decoder_dropout: float = 0.0
+  embed_dim: int = 256
+  pool_order: str = "mean_then_project"
+  logit_scale_init: float = math.log(1 / 0.07)
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  def setup(self):
+    if self.pool_order not in POOL_ORDERS:
+      raise ValueError(f"pool_order={self.pool_order!r}: use one of {POOL_ORDERS}.")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.backbone = ViTBackbone(self.patch_size, self.vit_width, self.vit_depth, self.vit_heads,
+                                self.vit_mlp_dim, out_dim=self.conv_dim, **kw)
+    self.pixel_decoder = FPNPixelDecoder(self.conv_dim, self.mask_dim, **kw)
+    self.decoder = TransformerDecoder(self.num_queries, self.decoder_dim, self.decoder_heads,
+                                      self.decoder_mlp_dim, self.decoder_layers, self.decoder_dropout, **kw)
+    self.mask_head = MaskHead(self.decoder_dim, self.mask_dim, **kw)
+    self.image_projection = Mlp(self.decoder_dim, self.embed_dim, **kw)
+    self.text_encoder = TextTransformer(self.text_width, self.text_depth, self.text_heads, self.vocab_size,
+                                        self.context_length, **kw)
+    self.text_projection = Mlp(self.text_width, self.embed_dim, **kw)
+    # Stored as a log, as in CLIP; the parameter keeps its name so optimizers can find it.
+    self.log_logit_scale = self.param("logit_scale", nn.initializers.constant(self.logit_scale_init), (),
+                                      self.param_dtype)
+
+  def logit_scale(self) -> jax.Array:
+    """exp(parameter) clipped at 100, as CLIP bounds its temperature.
+
+    CLIP clamps the stored parameter after each step; here the value is clipped instead, so above 100 the
+    parameter gets no gradient (and stays put apart from optimizer momentum).
+    """
+    return jnp.minimum(jnp.exp(self.log_logit_scale), MAX_LOGIT_SCALE)
+
+  def encode_image(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """images float [B, H, W, 3] -> dict with
+      pred_masks [L, B, N, H/4, W/4]: mask logits of every decoder layer (the last is the prediction);
+      mask_embeddings [B, N, embed_dim]: projected final-layer mask features (not normalised);
+      image_embedding [B, embed_dim]: the pooled mask features for the contrastive loss.
+    """
+    features = self.backbone(images, train=train)
+    pixel_embeddings, memory = self.pixel_decoder(features)
+    mask_features = self.decoder(memory, train=train)
+    mask_embeddings = self.image_projection(mask_features[-1])
+    if self.pool_order == "mean_then_project":
+      image_embedding = self.image_projection(jnp.mean(mask_features[-1], axis=1))
+    else:
+      image_embedding = jnp.mean(mask_embeddings, axis=1)
+    return {"pred_masks": self.mask_head(mask_features, pixel_embeddings),
+            "mask_embeddings": mask_embeddings, "image_embedding": image_embedding}
+
+  def encode_text(self, tokens: jax.Array) -> jax.Array:
+    """tokens int [B, L] (L <= context_length, [EOS] = largest id) -> [B, embed_dim], not normalised."""
+    return self.text_projection(self.text_encoder(tokens))
+
+  def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+    """`encode_image` outputs plus text_embedding [B, embed_dim] and logit_scale []."""
+    return {**self.encode_image(images, train=train), "text_embedding": self.encode_text(tokens),
+            "logit_scale": self.logit_scale()}
+
+
+_SECTIONS = {  # section -> (required keys, optional keys with defaults)
+    "backbone": (("patch_size", "width", "depth", "num_heads", "mlp_dim"), {}),
+    "pixel_decoder": (("conv_dim", "mask_dim"), {}),
+    "decoder": (("num_queries", "dim", "num_heads", "mlp_dim", "num_layers"), {"dropout_rate": 0.0}),
+    "text": (("width", "depth", "num_heads"), {"vocab_size": 49408, "context_length": 77}),
+}
+_TOP_LEVEL_OPTIONAL = {"pool_order": "mean_then_project", "logit_scale_init": math.log(1 / 0.07),
+                       "dtype": "float32"}
+
+
+def _checked(section: Mapping[str, Any], where: str, required: tuple[str, ...],
+             optional: Mapping[str, Any]) -> dict[str, Any]:
+  section = dict(section)
+  missing = [k for k in required if k not in section]
+  unknown = sorted(set(section) - set(required) - set(optional))
+  if missing or unknown:
+    raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}; expected {list(required)} "
+                     f"and optionally {list(optional)}.")
+  return {**optional, **section}
+
+
+def build_sseg(model_config: Mapping[str, Any]) -> SSeg:
+  """SSeg from a config (dict or ConfigDict) with sections backbone, pixel_decoder, decoder, text and
+  top-level embed_dim, pool_order, logit_scale_init, dtype (see `configs/sseg_demo.py`)."""
+  cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  top = _checked({k: v for k, v in cfg.items() if k not in _SECTIONS}, "model", ("embed_dim",),
+                 _TOP_LEVEL_OPTIONAL)
+  for name in _SECTIONS:
+    if name not in cfg:
+      raise ValueError(f"model: missing section {name!r}; expected sections {list(_SECTIONS)}.")
+  b, p, d, t = (_checked(cfg[name], f"model.{name}", *_SECTIONS[name]) for name in _SECTIONS)
+  try:
+    dtype = jnp.dtype(top["dtype"])
+  except TypeError as e:
+    raise ValueError(f"model.dtype={top['dtype']!r} is not a dtype; use 'float32' or 'bfloat16'.") from e
+  return SSeg(
+      patch_size=b["patch_size"], vit_width=b["width"], vit_depth=b["depth"], vit_heads=b["num_heads"],
+      vit_mlp_dim=b["mlp_dim"],
+      conv_dim=p["conv_dim"], mask_dim=p["mask_dim"],
+      num_queries=d["num_queries"], decoder_dim=d["dim"], decoder_heads=d["num_heads"],
+      decoder_mlp_dim=d["mlp_dim"], decoder_layers=d["num_layers"], decoder_dropout=d["dropout_rate"],
+      text_width=t["width"], text_depth=t["depth"], text_heads=t["num_heads"], vocab_size=t["vocab_size"],
+      context_length=t["context_length"],
+      embed_dim=top["embed_dim"], pool_order=top["pool_order"], logit_scale_init=top["logit_scale_init"],
+      dtype=dtype)

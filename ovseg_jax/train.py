@@ -1,0 +1,191 @@
+"""The S-Seg trainer: one jitted, donated train step over global arrays, orbax resume, metrics, evaluation."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import parameter_overview
+
+from data_pipelines import demo_data, image_text
+from ovseg_jax import checkpoint, evaluate, objective, optim, progress, sharding
+from ovseg_jax.models.sseg import build_sseg
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (no host copy of the parameters)."""
+  size, length = config.data.image_size, config.data.context_length
+
+  def init(key):
+    params = model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3), jnp.float32),
+                        jnp.zeros((1, length), jnp.int32), train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+  return state, shardings
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, pseudo_mask_fn: Any, mesh: jax.sharding.Mesh,
+                    state_shardings: Any):
+  """`step(state, batch, key) -> (state, metrics)`, jitted with shardings and the old state donated."""
+  def step_fn(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+    key = jax.random.fold_in(key, state.step)
+    grad_fn = jax.value_and_grad(objective.sseg_loss, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, model, batch, key, config, pseudo_mask_fn)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  rep = sharding.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
+                 out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
+def _demo_paths(config: ml_collections.ConfigDict) -> demo_data.DemoDataPaths:
+  return demo_data.ensure_demo_data(Path(config.data.demo_root).expanduser(), evaluate.demo_data_config(config))
+
+
+def _train_shards(config: ml_collections.ConfigDict) -> list[str]:
+  if config.data.source == "demo":
+    return _demo_paths(config).train_shards
+  if config.data.source == "shards":
+    from data_pipelines import shards
+    return shards.expand_pattern(config.data.shards)
+  raise ValueError(f"data.source={config.data.source!r}: use 'demo' or 'shards'.")
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU maintenance, scheduler preemption) into a checkpoint-and-exit at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  model = build_sseg(config.model)
+  tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
+  state, shardings = create_train_state(model, tx, config, mesh)
+  return model, tx, schedule, state, shardings
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the eval results."""
+  workdir = Path(workdir).expanduser()
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh(config.mesh.axes)
+  if config.batch_size % jax.process_count() or config.batch_size % sharding.num_batch_shards(mesh):
+    raise ValueError(f"batch_size={config.batch_size} must divide over {jax.process_count()} hosts and "
+                     f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
+  shards = _train_shards(config)
+  model, tx, schedule, state, state_shardings = _build(config, mesh)
+  progress.log(parameter_overview.get_parameter_overview(state.params, include_stats=False))
+
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                 async_save=config.checkpoint.async_save)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, _ = restored
+    progress.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+  start_step = int(state.step)
+  if start_step < config.total_steps:
+    state = _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt,
+                        start_step)
+  ckpt.close()
+  return _evaluate(config, workdir, model, state.params, int(state.step))
+
+
+def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step):
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size)
+  train_step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
+  # A resumed run draws a fresh shuffle instead of replaying the first batches of the data.
+  batches, skip_stats = image_text.make_image_text_iterator(
+      shards, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      seed=config.seed * 1_000_003 + start_step, shuffle_buffer=config.data.shuffle_buffer,
+      crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length)
+  logger = progress.MetricLogger(workdir)
+  meter = progress.Progress(config.total_steps, config.batch_size, start_step)
+  preemption = _Preemption()
+  key = jax.random.key(config.seed + 1)
+  history: list[tuple[int, Any]] = []
+  deadline = time.monotonic() + 60 * config.max_train_minutes if config.max_train_minutes else None
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      batch = sharding.host_batch_to_global(next(batches), mesh)
+      state, step_metrics = train_step(state, batch, key)
+      history.append((step, step_metrics))
+      last = step == config.total_steps
+      out_of_time = deadline is not None and time.monotonic() > deadline
+      if step % config.log_every_steps == 0 or last or out_of_time or preemption.requested:
+        fetched = jax.device_get(history)
+        progress.check_finite(fetched)
+        scalars = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+        scalars.update(meter.report(step))
+        scalars.update({f"skipped/{k}": v for k, v in skip_stats.as_metrics().items()})
+        logger.write(step, scalars)
+        progress.log(progress.format_line(step, config.total_steps, scalars))
+        history.clear()
+      if step % config.checkpoint.every_steps == 0 or last or out_of_time or preemption.requested:
+        ckpt.save(step, state, {"step": step}, force=True)
+      if preemption.requested:
+        progress.log(f"SIGTERM: checkpoint saved at step {step}; exiting. Re-run the command to resume.")
+        ckpt.close()
+        raise SystemExit(0)
+      if out_of_time:
+        progress.log(f"max_train_minutes={config.max_train_minutes} reached at step {step}: stopping training "
+                     "early (re-run the command to continue from the checkpoint).")
+        break
+  finally:
+    preemption.restore()
+    logger.close()
+  return state
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any,
+              step: int) -> dict[str, Any]:
+  if config.data.source != "demo":
+    progress.log("evaluation of non-demo data runs with `python -m ovseg_jax.evaluate` and an eval config.")
+    return {}
+  return evaluate.evaluate_demo(config, workdir, model, params, step)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in `workdir` (the `ovseg_jax.evaluate` command)."""
+  mesh = sharding.make_mesh(config.mesh.axes)
+  model, _, _, state, _ = _build(config, mesh)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=False)
+  restored = ckpt.restore_latest(state)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first with "
+                            f"`python -m ovseg_jax.main --config=... --workdir={workdir}`.")
+  state, _ = restored
+  ckpt.close()
+  return _evaluate(config, workdir, model, state.params, int(state.step))

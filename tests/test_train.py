@@ -1,0 +1,107 @@
+"""Trainer: exact resume from a checkpoint, and the main entry point end to end on the tiny demo config."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import sseg_demo
+from ovseg_jax import checkpoint, objective, sharding, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = sseg_demo.get_config("tiny")
+  mesh = sharding.make_mesh(config.mesh.axes)
+  model, tx, schedule, state, shardings = train._build(config, mesh)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size)
+  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
+  return config, mesh, model, tx, schedule, state, step
+
+
+def _batches(config, n, seed=0):
+  rng = np.random.default_rng(seed)
+  size, length = config.data.image_size, config.data.context_length
+  for _ in range(n):
+    tokens = rng.integers(1, 1000, (config.batch_size, length)).astype(np.int32)
+    tokens[:, 0], tokens[:, 5], tokens[:, 6:] = 49406, 49407, 0
+    yield {"image": rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8), "tokens": tokens}
+
+
+def _run(step_fn, state, batches, mesh, key):
+  for batch in batches:
+    state, metrics = step_fn(state, sharding.host_batch_to_global(batch, mesh), key)
+  return state, metrics
+
+
+def test_resume_continues_exact_step_and_parameters(setup, tmp_path):
+  config, mesh, model, tx, schedule, state, step_fn = setup
+  key = jax.random.key(1)
+  batches = list(_batches(config, 4))
+  state = jax.tree.map(lambda x: x.copy(), state)  # The fixture's state is donated below.
+  state, _ = _run(step_fn, state, batches[:2], mesh, key)
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", keep=2, async_save=True)
+  ckpt.save(2, state, {"step": 2})
+  ckpt.wait()
+  straight, metrics = _run(step_fn, state, batches[2:], mesh, key)
+  assert np.isfinite(float(metrics["loss"]))
+
+  fresh = train._build(config, mesh)[3]
+  resumed, data_position = ckpt.restore_latest(fresh)
+  ckpt.close()
+  assert int(resumed.step) == 2 and data_position == {"step": 2}
+  resumed, _ = _run(step_fn, resumed, batches[2:], mesh, key)
+  assert int(resumed.step) == int(straight.step) == 4
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Parameters really moved, so the equality above is not trivially true.
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(straight.params))]
+  assert any(moved)
+
+
+def test_checkpoint_from_another_config_is_rejected_with_a_clear_message(setup, tmp_path):
+  config, mesh, *_ , state, _ = setup
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", keep=1, async_save=False)
+  ckpt.save(1, state, {"step": 1})
+  other = config.copy_and_resolve_references()
+  other.model.embed_dim = 48
+  other_state = train._build(other, mesh)[3]
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not match"):
+    ckpt.restore_latest(other_state)
+  ckpt.close()
+
+
+def _main(workdir, *overrides):
+  cmd = [sys.executable, "-m", "ovseg_jax.main", "--config=configs/sseg_demo.py:tiny", f"--workdir={workdir}",
+         f"--config.data.demo_root={workdir.parent / 'demo'}", *overrides]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_main_trains_evaluates_and_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  first = _main(workdir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["step"] == 6
+  for predictor in ("trained", "uniform_random", "all_background"):
+    assert 0.0 <= results[predictor]["miou"] <= 1.0
+  assert (workdir / "results.md").exists() and list((workdir / "overlays").glob("*.png"))
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in logged] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in logged)
+
+  second = _main(workdir, "--config.total_steps=8")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resumed from" in second.stdout and "at step 6" in second.stdout
+  assert json.loads((workdir / "results.json").read_text())["step"] == 8
+
+
+def test_misspelt_config_key_fails_at_start_naming_the_key(tmp_path):
+  out = _main(tmp_path / "run", "--config.optimizer.lrr=0.1")
+  assert out.returncode != 0
+  assert "lrr" in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "run").exists()
