@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 32
-  c.total_steps = 2400
+  c.total_steps = 1600
   # Stops training early (with a warning) if the wall-clock budget runs out on a slow machine.
   c.max_train_minutes = 10.0
   c.log_every_steps = 50
@@ -38,14 +38,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = ml_collections.ConfigDict(dict(
       patch_size=8, width=128, depth=4, num_heads=4, mlp_dim=512))
-  c.model.pixel_decoder = ml_collections.ConfigDict(dict(conv_dim=128, mask_dim=128))
+  c.model.pixel_decoder = ml_collections.ConfigDict(dict(conv_dim=64, mask_dim=128))
   c.model.decoder = ml_collections.ConfigDict(dict(
       num_queries=16, dim=128, num_heads=4, mlp_dim=256, num_layers=3))
   c.model.text = ml_collections.ConfigDict(dict(
       vocab_size=49408, width=128, depth=2, num_heads=4,
       context_length=c.data.get_ref("context_length")))
   c.model.embed_dim = 128
-  c.model.pool_order = "mean_then_project"
+  # Demo choice (not the paper's): mask features pooled from the pixel embeddings under each mask, so a
+  # mask can only be named after what it covers; this grounds words in regions within minutes on a CPU.
+  # The paper's setting is mask_feature_source='query', pool_order='mean_then_project'.
+  c.model.mask_feature_source = "mask_pooled"
+  c.model.pool_order = "project_then_mean"
   c.model.dtype = "float32"
 
   c.pseudo_masks = ml_collections.ConfigDict()
@@ -63,7 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.weight_mask = 1.0
   c.loss.weight_contrastive = 1.0
   c.loss.aux_layers = True
-  c.loss.empty_unmatched_weight = 0.0
+  # Not in the paper: unmatched queries are pushed towards empty masks so they do not dilute the
+  # area-weighted image embedding.
+  c.loss.empty_unmatched_weight = 2.0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 5e-4
@@ -76,6 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = (("data", -1),)
+  # (regex over parameter paths, tactic) pairs, first match wins; see ovseg_jax/sharding.py. On a pod,
+  # e.g. mesh.axes=(("data", -1), ("fsdp", 8)) and (".*", "fsdp") shard large tensors over fsdp.
+  c.sharding_rules = ((".*", "fsdp"),)
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 300
@@ -90,6 +99,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.decode = "winner"  # 'winner': best (class prob x mask prob) query per pixel; 'sum': MaskFormer sum.
   c.eval.background = "threshold"  # 'threshold' on the max class score, or 'none' (no background class).
   c.eval.background_threshold = -1.0  # < 0: chosen on the demo's separate tune split.
+  # Names a class is also known by: the demo's captions name the scene ("on the grass"), so the scene
+  # words let background compete as a class instead of relying on the threshold alone.
+  c.eval.synonyms = ml_collections.ConfigDict(
+      {"background": ("background", "grass", "sand", "water", "brick", "wood", "snow")})
   c.eval.num_overlays = 8
 
   if variant == "tiny":

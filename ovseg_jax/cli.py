@@ -8,7 +8,7 @@ from collections.abc import Callable
 # The input pipeline's TensorFlow must not print its C++ start-up noise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:variant].",
@@ -19,7 +19,7 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory with checkpoints, metr
 def _parse(argv: list[str]) -> list[str]:
   """Parses flags; a misspelt `--config.key` stops here with the key's name instead of a traceback."""
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
     message = str(e).strip("'\"").replace("\\n", " ")
     if "Traceback" in message:  # A config file that raised: its own last line says what is wrong.
@@ -27,6 +27,9 @@ def _parse(argv: list[str]) -> list[str]:
     sys.stderr.write(f"error: bad flag or config override: {message}\n"
                      f"(see --helpfull; config keys are listed in the config file)\n")
     sys.exit(2)
+  if not flags.FLAGS["verbosity"].present:  # Library INFO chatter (orbax) would drown the progress lines.
+    logging.set_verbosity(logging.WARNING)
+  return argv
 
 
 def run(main: Callable[[list[str]], None]) -> None:

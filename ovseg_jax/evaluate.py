@@ -40,7 +40,7 @@ class SplitPredictions:
 
 
 def predict_split(segmenter, params: Any, images: np.ndarray, text_embeddings: jax.Array,
-                  class_ids: Sequence[int], batch_size: int) -> SplitPredictions:
+                  name_groups: np.ndarray, class_ids: Sequence[int], batch_size: int) -> SplitPredictions:
   """Runs the jitted segmenter over `images` in fixed-size batches (the last one padded: one compile)."""
   class_ids = jnp.asarray(class_ids, jnp.int32)
   reduce = jax.jit(lambda s: (jnp.max(s, axis=1), class_ids[jnp.argmax(s, axis=1)]))
@@ -49,7 +49,7 @@ def predict_split(segmenter, params: Any, images: np.ndarray, text_embeddings: j
     chunk = images[start:start + batch_size]
     padded = np.zeros((batch_size, *images.shape[1:]), images.dtype)
     padded[:len(chunk)] = chunk
-    best_score, best_class = jax.device_get(reduce(segmenter(params, padded, text_embeddings)))
+    best_score, best_class = jax.device_get(reduce(segmenter(params, padded, text_embeddings, name_groups)))
     scores.append(best_score[:len(chunk)])
     classes.append(best_class[:len(chunk)])
   return SplitPredictions(np.concatenate(scores), np.concatenate(classes).astype(np.int32))
@@ -79,14 +79,20 @@ def _summary(pred_labels: np.ndarray, labels: np.ndarray, class_names: Sequence[
 
 def predict_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_collections.ConfigDict,
                            context_length: int) -> tuple[SplitPredictions, int | None]:
-  """Predictions over the split's class names; background (if thresholded) is left to the caller."""
+  """Predictions over the split's class names (each expanded to its configured synonyms).
+
+  With `eval.background='threshold'` the background class competes only if it has synonyms (e.g. the
+  scene words of the demo); pixels scoring below the threshold become background either way.
+  """
   names = list(split.class_names)
+  synonyms = dict(eval_cfg.get("synonyms", {}))
   background_id = names.index(BACKGROUND) if eval_cfg.background == "threshold" and BACKGROUND in names else None
-  class_ids = [i for i in range(len(names)) if i != background_id]
-  text = inference.class_text_embeddings(model, params, [names[i] for i in class_ids], eval_cfg.templates,
-                                         context_length)
+  class_ids = [i for i in range(len(names)) if i != background_id or BACKGROUND in synonyms]
+  prompts, groups = inference.expand_synonyms([names[i] for i in class_ids], synonyms)
+  text = inference.class_text_embeddings(model, params, prompts, eval_cfg.templates, context_length)
   segmenter = inference.make_segmenter(model, eval_cfg.decode)
-  return predict_split(segmenter, params, split.images, text, class_ids, eval_cfg.batch_size), background_id
+  pred = predict_split(segmenter, params, split.images, text, groups, class_ids, eval_cfg.batch_size)
+  return pred, background_id
 
 
 def evaluate_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_collections.ConfigDict,

@@ -7,7 +7,7 @@ per pixel (`winner`: the query with the highest class confidence x mask probabil
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -36,15 +36,41 @@ def class_text_embeddings(model: Any, params: Any, class_names: Sequence[str], t
   return _l2_normalize(jnp.mean(emb, axis=1))
 
 
+def expand_synonyms(class_names: Sequence[str],
+                    synonyms: Mapping[str, Sequence[str]]) -> tuple[list[str], np.ndarray]:
+  """Every class becomes one or more names to embed (its synonyms, else itself).
+
+  Returns the flat name list and `groups` [num_names, C] (1 where a name belongs to a class): the
+  probability of a class is the sum of its names' probabilities under one softmax over all names.
+  """
+  names, owner = [], []
+  for c, name in enumerate(class_names):
+    alternatives = list(synonyms.get(name, [name]))
+    if not alternatives:
+      raise ValueError(f"class {name!r} has an empty synonym list; give at least one name or drop the entry.")
+    names += alternatives
+    owner += [c] * len(alternatives)
+  groups = np.zeros((len(names), len(class_names)), np.float32)
+  groups[np.arange(len(names)), owner] = 1.0
+  return names, groups
+
+
 def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_embeddings: jax.Array,
-                       logit_scale: jax.Array, out_hw: tuple[int, int], decode: str) -> jax.Array:
-  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob)."""
+                       logit_scale: jax.Array, out_hw: tuple[int, int], decode: str,
+                       name_groups: jax.Array | None = None) -> jax.Array:
+  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob).
+
+  `text_embeddings` [num_names, D]; `name_groups` [num_names, C] sums synonym probabilities per class
+  (None: one name per class).
+  """
   if decode not in DECODE_METHODS:
     raise ValueError(f"eval.decode={decode!r}: use one of {DECODE_METHODS}.")
   b, n = mask_logits.shape[:2]
   mask_logits = jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *out_hw), method="bilinear")
   mask_prob = jax.nn.sigmoid(mask_logits)
   class_prob = jax.nn.softmax(logit_scale * _l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
+  if name_groups is not None:
+    class_prob = class_prob @ name_groups
   if decode == "sum":
     return jnp.einsum("bnc,bnhw->bchw", class_prob, mask_prob)
   confidence = jnp.max(class_prob, axis=-1)  # [B, N]
@@ -55,12 +81,13 @@ def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_
 
 
 def make_segmenter(model: Any, decode: str):
-  """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [C,D]) -> scores [B,C,H,W]`."""
-  def fn(params, images, text_embeddings):
+  """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [names,D], name_groups [names,C])
+  -> scores [B,C,H,W]`."""
+  def fn(params, images, text_embeddings, name_groups):
     out = model.apply({"params": params}, normalize_images(images), method="encode_image")
     scale = model.apply({"params": params}, method="logit_scale")
     return pixel_class_scores(out["pred_masks"][-1], out["mask_embeddings"], text_embeddings, scale,
-                              images.shape[1:3], decode)
+                              images.shape[1:3], decode, name_groups)
   return jax.jit(fn)
 
 

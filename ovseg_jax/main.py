@@ -13,7 +13,8 @@ from ovseg_jax import cli
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from ovseg_jax import train  # Imported after flag parsing so a bad flag fails fast.
+  from ovseg_jax import distributed, train  # Imported after flag parsing so a bad flag fails fast.
+  distributed.initialize_distributed()
   train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
 
 

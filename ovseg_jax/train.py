@@ -37,7 +37,7 @@ def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  shardings = sharding.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   return state, shardings
 
@@ -106,7 +106,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                      f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
   shards = _train_shards(config)
   model, tx, schedule, state, state_shardings = _build(config, mesh)
-  progress.log(parameter_overview.get_parameter_overview(state.params, include_stats=False))
+  overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
+  (workdir / "parameter_overview.txt").write_text(overview + "\n")
+  progress.log(f"model: {int(parameter_overview.count_parameters(state.params)):,} parameters "
+               f"(per-tensor table in {workdir / 'parameter_overview.txt'})")
 
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)

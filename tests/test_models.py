@@ -77,6 +77,23 @@ def test_pool_orders(tiny):
   assert not np.allclose(tiny["outputs"]["image_embedding"], out["image_embedding"], atol=1e-3)
 
 
+def test_mask_pooled_features_average_pixel_embeddings_under_each_mask(tiny):
+  """Each mask's feature is the sigmoid-mask-weighted mean of the pixel embeddings; the image embedding is
+  the area-weighted mean of the mask embeddings (project_then_mean), checked in float64 numpy."""
+  model = tiny["model"].clone(mask_feature_source="mask_pooled", pool_order="project_then_mean")
+  params = model.init(jax.random.key(3), tiny["images"], tiny["tokens"], train=False)
+  out = jax.jit(lambda p: model.apply(p, tiny["images"], method="encode_image"))(params)
+  pixels, _ = model.apply(params, tiny["images"], method=lambda m, x: m.pixel_decoder(m.backbone(x)))
+  prob = 1 / (1 + np.exp(-np.asarray(out["pred_masks"][-1], np.float64)))
+  area = prob.sum((-2, -1))
+  pooled = np.einsum("bnhw,bhwc->bnc", prob, np.asarray(pixels, np.float64)) / (area[..., None] + 1e-6)
+  projected = model.apply(params, jnp.asarray(pooled, jnp.float32), method=lambda m, f: m.image_projection(f))
+  np.testing.assert_allclose(out["mask_embeddings"], projected, rtol=1e-4, atol=1e-5)
+  weights = area / area.sum(1, keepdims=True)
+  np.testing.assert_allclose(out["image_embedding"], np.einsum("bn,bnc->bc", weights, projected),
+                             rtol=1e-4, atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params():
   model = build_sseg({**TINY, "dtype": "bfloat16"})
   images, tokens = jnp.zeros((1, HEIGHT, WIDTH, 3)), jnp.zeros((1, CONTEXT), jnp.int32)

@@ -25,6 +25,9 @@ from ovseg_jax.models.vit import ViTBackbone
 
 # 'mean_then_project': paper, MLP(mean_n feature_n); 'project_then_mean': mean_n MLP(feature_n).
 POOL_ORDERS = ("mean_then_project", "project_then_mean")
+# 'query': paper, the decoder's output per query; 'mask_pooled': per-pixel embeddings averaged under each
+# predicted mask, so a mask's feature can only describe what its mask covers.
+MASK_FEATURE_SOURCES = ("query", "mask_pooled")
 MAX_LOGIT_SCALE = 100.0
 
 
@@ -54,6 +57,7 @@ class SSeg(nn.Module):
   decoder_dropout: float = 0.0
   embed_dim: int = 256
   pool_order: str = "mean_then_project"
+  mask_feature_source: str = "query"
   logit_scale_init: float = math.log(1 / 0.07)
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
@@ -61,6 +65,8 @@ class SSeg(nn.Module):
   def setup(self):
     if self.pool_order not in POOL_ORDERS:
       raise ValueError(f"pool_order={self.pool_order!r}: use one of {POOL_ORDERS}.")
+    if self.mask_feature_source not in MASK_FEATURE_SOURCES:
+      raise ValueError(f"mask_feature_source={self.mask_feature_source!r}: use one of {MASK_FEATURE_SOURCES}.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.backbone = ViTBackbone(self.patch_size, self.vit_width, self.vit_depth, self.vit_heads,
                                 self.vit_mlp_dim, out_dim=self.conv_dim, **kw)
@@ -92,14 +98,22 @@ class SSeg(nn.Module):
     """
     features = self.backbone(images, train=train)
     pixel_embeddings, memory = self.pixel_decoder(features)
-    mask_features = self.decoder(memory, train=train)
-    mask_embeddings = self.image_projection(mask_features[-1])
-    if self.pool_order == "mean_then_project":
-      image_embedding = self.image_projection(jnp.mean(mask_features[-1], axis=1))
+    query_features = self.decoder(memory, train=train)
+    pred_masks = self.mask_head(query_features, pixel_embeddings)
+    if self.mask_feature_source == "query":
+      mask_features = query_features[-1]
+      weights = jnp.ones(mask_features.shape[:2], mask_features.dtype)
     else:
-      image_embedding = jnp.mean(mask_embeddings, axis=1)
-    return {"pred_masks": self.mask_head(mask_features, pixel_embeddings),
-            "mask_embeddings": mask_embeddings, "image_embedding": image_embedding}
+      mask_prob = jax.nn.sigmoid(pred_masks[-1])  # [B, N, h, w]
+      weights = jnp.sum(mask_prob, axis=(-2, -1))  # Mask areas: empty masks barely count in the image mean.
+      mask_features = jnp.einsum("bnhw,bhwc->bnc", mask_prob, pixel_embeddings) / (weights[..., None] + 1e-6)
+    weights = weights / jnp.sum(weights, axis=1, keepdims=True)
+    mask_embeddings = self.image_projection(mask_features)
+    if self.pool_order == "mean_then_project":
+      image_embedding = self.image_projection(jnp.einsum("bn,bnc->bc", weights, mask_features))
+    else:
+      image_embedding = jnp.einsum("bn,bnc->bc", weights, mask_embeddings)
+    return {"pred_masks": pred_masks, "mask_embeddings": mask_embeddings, "image_embedding": image_embedding}
 
   def encode_text(self, tokens: jax.Array) -> jax.Array:
     """tokens int [B, L] (L <= context_length, [EOS] = largest id) -> [B, embed_dim], not normalised."""
@@ -117,7 +131,7 @@ _SECTIONS = {  # section -> (required keys, optional keys with defaults)
     "decoder": (("num_queries", "dim", "num_heads", "mlp_dim", "num_layers"), {"dropout_rate": 0.0}),
     "text": (("width", "depth", "num_heads"), {"vocab_size": 49408, "context_length": 77}),
 }
-_TOP_LEVEL_OPTIONAL = {"pool_order": "mean_then_project", "logit_scale_init": math.log(1 / 0.07),
+_TOP_LEVEL_OPTIONAL = {"pool_order": "mean_then_project", "mask_feature_source": "query", "logit_scale_init": math.log(1 / 0.07),
                        "dtype": "float32"}
 
 
@@ -154,5 +168,6 @@ def build_sseg(model_config: Mapping[str, Any]) -> SSeg:
       decoder_mlp_dim=d["mlp_dim"], decoder_layers=d["num_layers"], decoder_dropout=d["dropout_rate"],
       text_width=t["width"], text_depth=t["depth"], text_heads=t["num_heads"], vocab_size=t["vocab_size"],
       context_length=t["context_length"],
-      embed_dim=top["embed_dim"], pool_order=top["pool_order"], logit_scale_init=top["logit_scale_init"],
+      embed_dim=top["embed_dim"], pool_order=top["pool_order"],
+      mask_feature_source=top["mask_feature_source"], logit_scale_init=top["logit_scale_init"],
       dtype=dtype)
