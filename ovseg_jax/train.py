@@ -152,7 +152,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardin
         progress.check_finite(fetched)
         scalars = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
         scalars.update(meter.report(step))
-        scalars.update({f"skipped/{k}": v for k, v in skip_stats.as_metrics().items()})
+        scalars.update(skip_stats.as_metrics())
         logger.write(step, scalars)
         progress.log(progress.format_line(step, config.total_steps, scalars))
         history.clear()

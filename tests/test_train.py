@@ -71,7 +71,7 @@ def test_checkpoint_from_another_config_is_rejected_with_a_clear_message(setup, 
   other = config.copy_and_resolve_references()
   other.model.embed_dim = 48
   other_state = train._build(other, mesh)[3]
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not match"):
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="does not match.*different shapes"):
     ckpt.restore_latest(other_state)
   ckpt.close()
 
@@ -105,3 +105,16 @@ def test_misspelt_config_key_fails_at_start_naming_the_key(tmp_path):
   assert out.returncode != 0
   assert "lrr" in out.stderr and "Traceback" not in out.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_requests_a_checkpoint_and_exit_instead_of_killing_the_run():
+  import os
+  import signal
+  preemption = train._Preemption()
+  try:
+    assert not preemption.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.requested
+  finally:
+    preemption.restore()
+  assert signal.getsignal(signal.SIGTERM) != preemption._handle  # the previous handler is back
