@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ovseg_jax import losses, matching, pseudo_masks
+from ovseg_jax import losses, matching, preprocessing, pseudo_masks
 from ovseg_jax.preprocessing import normalize_images
 
 
@@ -32,7 +32,8 @@ def make_pseudo_mask_fn(cfg: ml_collections.ConfigDict, image_size: int,
     module, params = dino
     patch = module.patch_size
     grid = image_size // patch
-    feature_fn = lambda images: module.apply({"params": params}, normalize_images(images))
+    feature_fn = lambda images: module.apply(
+        {"params": params}, normalize_images(images, preprocessing.IMAGENET_MEAN, preprocessing.IMAGENET_STD))
     normalize = True
   else:
     raise ValueError(f"pseudo_masks.features={cfg.features!r}: use 'pixels' or 'dino'.")

@@ -17,6 +17,7 @@ from clu import parameter_overview
 from data_pipelines import demo_data, image_text
 from ovseg_jax import checkpoint, evaluate, objective, optim, progress, sharding
 from ovseg_jax.models.sseg import build_sseg
+from ovseg_jax.models.vit import load_dino
 
 
 @flax.struct.dataclass
@@ -126,7 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step):
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size)
+  pm = config.pseudo_masks
+  dino = load_dino(Path(pm.dino_checkpoint).expanduser()) if pm.features == "dino" and pm.dino_checkpoint else None
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino)
   train_step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
   # A resumed run draws a fresh shuffle instead of replaying the first batches of the data.
   batches, skip_stats = image_text.make_image_text_iterator(
