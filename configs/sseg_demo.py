@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo_masks.cell = 4
   c.pseudo_masks.position_weight = 0.1
   c.pseudo_masks.dino_checkpoint = ""
+  c.pseudo_masks.dino_num_heads = 0  # 0: width / 64, as in every released DINO ViT.
 
   c.loss = ml_collections.ConfigDict()
   c.loss.weight_focal = 20.0

@@ -128,7 +128,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step):
   pm = config.pseudo_masks
-  dino = load_dino(Path(pm.dino_checkpoint).expanduser()) if pm.features == "dino" and pm.dino_checkpoint else None
+  dino = (load_dino(Path(pm.dino_checkpoint).expanduser(), num_heads=pm.dino_num_heads or None)
+          if pm.features == "dino" and pm.dino_checkpoint else None)
   pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino)
   train_step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
   # A resumed run draws a fresh shuffle instead of replaying the first batches of the data.
