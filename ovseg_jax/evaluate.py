@@ -121,7 +121,7 @@ def evaluate_demo(config: ml_collections.ConfigDict, workdir: Path, model: Any, 
                   step: int) -> dict[str, Any]:
   """The demo's evaluation: threshold chosen on the tune split, numbers and pictures from the eval split."""
   from data_pipelines import demo_data
-  paths = demo_data.ensure_demo_data(Path(config.data.demo_root).expanduser(), demo_data_config(config))
+  paths = demo_paths(config)
   split = demo_data.load_labelled_split(paths.eval_dir if config.eval.split == "eval" else paths.tune_dir)
   threshold = config.eval.background_threshold
   if config.eval.background == "threshold" and threshold < 0:
@@ -138,11 +138,13 @@ def evaluate_demo(config: ml_collections.ConfigDict, workdir: Path, model: Any, 
   return results
 
 
-def demo_data_config(config: ml_collections.ConfigDict):
+def demo_paths(config: ml_collections.ConfigDict):
+  """The demo's data for `config.data` (generated on first use, then cached)."""
   from data_pipelines import demo_data
   d = config.data
-  return demo_data.DemoDataConfig(image_size=d.image_size, num_train=d.num_train, num_eval=d.num_eval,
-                                  num_tune=d.num_tune, seed=config.seed)
+  cfg = demo_data.DemoDataConfig(image_size=d.image_size, num_train=d.num_train, num_eval=d.num_eval,
+                                 num_tune=d.num_tune, seed=config.seed)
+  return demo_data.ensure_demo_data(Path(d.demo_root).expanduser(), cfg)
 
 
 def results_table(results: dict[str, Any]) -> str:

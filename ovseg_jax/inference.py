@@ -89,13 +89,3 @@ def make_segmenter(model: Any, decode: str):
     return pixel_class_scores(out["pred_masks"][-1], out["mask_embeddings"], text_embeddings, scale,
                               images.shape[1:3], decode, name_groups)
   return jax.jit(fn)
-
-
-def labels_from_scores(scores: np.ndarray, class_ids: np.ndarray, background_id: int | None,
-                       threshold: float) -> np.ndarray:
-  """Argmax over classes mapped to dataset ids; pixels whose best score is below `threshold` -> background."""
-  best = np.argmax(scores, axis=1)
-  labels = np.asarray(class_ids)[best]
-  if background_id is not None:
-    labels = np.where(np.max(scores, axis=1) < threshold, background_id, labels)
-  return labels.astype(np.int32)

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from clu import parameter_overview
 
-from data_pipelines import demo_data, image_text
+from data_pipelines import image_text
 from ovseg_jax import checkpoint, evaluate, objective, optim, progress, sharding
 from ovseg_jax.models.sseg import build_sseg
 from ovseg_jax.models.vit import load_dino
@@ -61,13 +61,9 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
 
-def _demo_paths(config: ml_collections.ConfigDict) -> demo_data.DemoDataPaths:
-  return demo_data.ensure_demo_data(Path(config.data.demo_root).expanduser(), evaluate.demo_data_config(config))
-
-
 def _train_shards(config: ml_collections.ConfigDict) -> list[str]:
   if config.data.source == "demo":
-    return _demo_paths(config).train_shards
+    return evaluate.demo_paths(config).train_shards
   if config.data.source == "shards":
     from data_pipelines import shards
     return shards.expand_pattern(config.data.shards)
