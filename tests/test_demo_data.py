@@ -235,3 +235,18 @@ def test_cli_prints_paths_and_captions(generated, capsys):
   demo_data.main([f'--root={root}', '--num_train=40', '--num_eval=10', '--num_tune=6', '--samples_per_shard=20'])
   out = capsys.readouterr().out
   assert paths.eval_dir in out and 'captions:' in out
+
+
+def test_demo_split_through_the_eval_dataset_registry(generated):
+  from data_pipelines import eval_datasets
+  _, paths = generated
+  dataset = eval_datasets.load('demo', Path(paths.eval_dir).parent, 'eval')
+  split = demo_data.load_labelled_split(paths.eval_dir)
+  examples = list(dataset)
+  assert len(dataset) == len(examples) == TINY.num_eval
+  assert dataset.info.class_names == tuple(split.class_names) and dataset.info.background_index == 0
+  assert [e.key for e in examples] == split.keys
+  np.testing.assert_array_equal(np.stack([e.label for e in examples]), split.labels)
+  np.testing.assert_array_equal(np.stack([e.image for e in examples]), split.images)
+  with pytest.raises(ValueError, match="unknown evaluation dataset 'vocc'.*demo"):
+    eval_datasets.load('vocc', '/nowhere')

@@ -1,0 +1,29 @@
+"""Evaluation datasets by name: `load(name, root, split)` -> an `EvalDataset` of (key, image, label) examples.
+
+Readers take the standard on-disk layouts (those the detectron2 / mmseg conversion scripts produce) and raise a
+`FileNotFoundError` naming the expected layout when files are missing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
+from data_pipelines.eval_datasets.demo import DemoDataset
+
+__all__ = ["DatasetInfo", "EvalDataset", "Example", "READERS", "load", "names"]
+
+# name -> reader(root, split). Each real benchmark registers its reader here.
+READERS: dict[str, Callable[[str | Path, str], EvalDataset]] = {
+    "demo": DemoDataset,
+}
+
+
+def names() -> list[str]:
+  return sorted(READERS)
+
+
+def load(name: str, root: str | Path, split: str = "val") -> EvalDataset:
+  if name not in READERS:
+    raise ValueError(f"unknown evaluation dataset {name!r}; known: {', '.join(names())}.")
+  return READERS[name](root, split)
