@@ -1,8 +1,6 @@
 """The S-Seg trainer: one jitted, donated train step over global arrays, orbax resume, metrics, evaluation."""
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +8,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from clu import parameter_overview
 
 from data_pipelines import image_text
-from ovseg_jax import checkpoint, evaluate, objective, optim, progress, sharding
+from ovseg_jax import checkpoint, evaluate, loop, objective, optim, progress, sharding
 from ovseg_jax.models.sseg import build_sseg
 from ovseg_jax.models.vit import load_dino
 
@@ -70,21 +67,6 @@ def _train_shards(config: ml_collections.ConfigDict) -> list[str]:
   raise ValueError(f"data.source={config.data.source!r}: use 'demo' or 'shards'.")
 
 
-class _Preemption:
-  """Turns SIGTERM (TPU maintenance, scheduler preemption) into a checkpoint-and-exit at the next step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
 def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   model = build_sseg(config.model)
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
@@ -134,42 +116,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardin
       process_index=jax.process_index(), process_count=jax.process_count(),
       seed=config.seed * 1_000_003 + start_step, shuffle_buffer=config.data.shuffle_buffer,
       crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length)
-  logger = progress.MetricLogger(workdir)
-  meter = progress.Progress(config.total_steps, config.batch_size, start_step)
-  preemption = _Preemption()
-  key = jax.random.key(config.seed + 1)
-  history: list[tuple[int, Any]] = []
-  deadline = time.monotonic() + 60 * config.max_train_minutes if config.max_train_minutes else None
-  try:
-    for step in range(start_step + 1, config.total_steps + 1):
-      batch = sharding.host_batch_to_global(next(batches), mesh)
-      state, step_metrics = train_step(state, batch, key)
-      history.append((step, step_metrics))
-      last = step == config.total_steps
-      out_of_time = deadline is not None and time.monotonic() > deadline
-      if step % config.log_every_steps == 0 or last or out_of_time or preemption.requested:
-        fetched = jax.device_get(history)
-        progress.check_finite(fetched)
-        scalars = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
-        scalars.update(meter.report(step))
-        scalars.update(skip_stats.as_metrics())
-        logger.write(step, scalars)
-        progress.log(progress.format_line(step, config.total_steps, scalars))
-        history.clear()
-      if step % config.checkpoint.every_steps == 0 or last or out_of_time or preemption.requested:
-        ckpt.save(step, state, {"step": step}, force=True)
-      if preemption.requested:
-        progress.log(f"SIGTERM: checkpoint saved at step {step}; exiting. Re-run the command to resume.")
-        ckpt.close()
-        raise SystemExit(0)
-      if out_of_time:
-        progress.log(f"max_train_minutes={config.max_train_minutes} reached at step {step}: stopping training "
-                     "early (re-run the command to continue from the checkpoint).")
-        break
-  finally:
-    preemption.restore()
-    logger.close()
-  return state
+  return loop.run(config, workdir, mesh, train_step, state, batches, ckpt, start_step, skip_stats.as_metrics)
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import sseg_demo
-from ovseg_jax import checkpoint, objective, sharding, train
+from ovseg_jax import checkpoint, loop, objective, sharding, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_misspelt_config_key_fails_at_start_naming_the_key(tmp_path):
 def test_sigterm_requests_a_checkpoint_and_exit_instead_of_killing_the_run():
   import os
   import signal
-  preemption = train._Preemption()
+  preemption = loop.Preemption()
   try:
     assert not preemption.requested
     os.kill(os.getpid(), signal.SIGTERM)

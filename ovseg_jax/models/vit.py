@@ -26,20 +26,23 @@ class ViT(nn.Module):
   """Conv patch embedding + learned position embeddings + pre-LN blocks + final LayerNorm.
 
   Position embeddings are learned on the patch grid of the images seen at initialisation and bilinearly
-  resized for other image sizes (as DINO and ViTDet do).
+  resized for other image sizes (as DINO and ViTDet do). With `feature_blocks` (1-based block numbers) the
+  ViT returns those blocks' outputs instead, for heads that fuse several depths (BEiT/MAE segmentation).
   """
   patch_size: int
   width: int
   depth: int
   num_heads: int
   mlp_dim: int
+  feature_blocks: tuple[int, ...] = ()
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """images [B, H, W, 3] float -> tokens [B, H/p, W/p, width]. `train` is unused (no stochastic layers);
-    it keeps the signature every backbone shares."""
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array | list[jax.Array]:
+    """images [B, H, W, 3] float -> tokens [B, H/p, W/p, width] after the final LayerNorm, or the list of
+    `feature_blocks` outputs. `train` is unused (no stochastic layers); it keeps the signature every
+    backbone shares."""
     del train
     p = self.patch_size
     if images.ndim != 4 or images.shape[1] % p or images.shape[2] % p:
@@ -55,9 +58,17 @@ class ViT(nn.Module):
     if pos.shape[1:3] != (h, w):
       pos = jax.image.resize(pos, (1, h, w, c), method="bilinear")
     x = (x + pos.astype(self.dtype)).reshape(b, h * w, c)
+    blocks = self.feature_blocks
+    if any(not 1 <= k <= self.depth for k in blocks) or list(blocks) != sorted(set(blocks)):
+      raise ValueError(f"ViT: feature_blocks={blocks} must be increasing block numbers in 1..{self.depth}.")
+    features = []
     for i in range(self.depth):
       x = PreNormBlock(self.num_heads, self.mlp_dim, layer_norm_eps=1e-6, dtype=self.dtype,
                        param_dtype=self.param_dtype, name=f"block_{i}")(x)
+      if i + 1 in self.feature_blocks:
+        features.append(x.reshape(b, h, w, c))
+      if features and len(features) == len(self.feature_blocks):
+        return features
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
     return x.reshape(b, h, w, c)
 
