@@ -67,7 +67,7 @@ def tune_background_threshold(pred: SplitPredictions, labels: np.ndarray, num_cl
   return float(candidates[int(np.nanargmax(scores))])
 
 
-def _summary(pred_labels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+def summary(pred_labels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
              background_id: int | None) -> dict[str, Any]:
   conf = _confusion(pred_labels, labels, len(class_names))
   summary = metrics.summarize(conf, list(class_names))
@@ -105,11 +105,11 @@ def evaluate_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_co
   rng = np.random.default_rng(seed)
   results = {"num_images": int(len(split.images)), "classes": names, "background_threshold": threshold,
              "decode": eval_cfg.decode,
-             "trained": _summary(pred_labels, split.labels, names, background_id),
-             "uniform_random": _summary(metrics.uniform_random_prediction(split.labels.shape, len(names), rng),
+             "trained": summary(pred_labels, split.labels, names, background_id),
+             "uniform_random": summary(metrics.uniform_random_prediction(split.labels.shape, len(names), rng),
                                         split.labels, names, background_id)}
   if background_id is not None:
-    results["all_background"] = _summary(metrics.constant_prediction(split.labels.shape, background_id),
+    results["all_background"] = summary(metrics.constant_prediction(split.labels.shape, background_id),
                                          split.labels, names, background_id)
   if out_dir is not None:
     visualize.save_overlays(out_dir / "overlays", split.images, pred_labels, split.labels, names, prefix="eval",
@@ -123,11 +123,7 @@ def evaluate_demo(config: ml_collections.ConfigDict, workdir: Path, model: Any, 
   from data_pipelines import demo_data
   paths = demo_paths(config)
   split = demo_data.load_labelled_split(paths.eval_dir if config.eval.split == "eval" else paths.tune_dir)
-  threshold = config.eval.background_threshold
-  if config.eval.background == "threshold" and threshold < 0:
-    tune = demo_data.load_labelled_split(paths.tune_dir)
-    tune_pred, background_id = predict_labelled_split(model, params, tune, config.eval, config.data.context_length)
-    threshold = tune_background_threshold(tune_pred, tune.labels, len(tune.class_names), background_id)
+  threshold = demo_background_threshold(config, model, params)
   t0 = time.perf_counter()
   results = evaluate_labelled_split(model, params, split, config.eval, config.data.context_length, threshold,
                                     out_dir=workdir, seed=config.seed)
@@ -136,6 +132,17 @@ def evaluate_demo(config: ml_collections.ConfigDict, workdir: Path, model: Any, 
   print(f"evaluation at step {step} on {results['num_images']} held-out demo images (background threshold "
         f"{threshold:.3f}, chosen on the separate tune split):\n{table}", flush=True)
   return results
+
+
+def demo_background_threshold(config: ml_collections.ConfigDict, model: Any, params: Any) -> float:
+  """`eval.background_threshold`, or when it is negative the best one on the demo's separate tune split."""
+  from data_pipelines import demo_data
+  threshold = config.eval.background_threshold
+  if config.eval.background == "threshold" and threshold < 0:
+    tune = demo_data.load_labelled_split(demo_paths(config).tune_dir)
+    tune_pred, background_id = predict_labelled_split(model, params, tune, config.eval, config.data.context_length)
+    threshold = tune_background_threshold(tune_pred, tune.labels, len(tune.class_names), background_id)
+  return threshold
 
 
 def demo_paths(config: ml_collections.ConfigDict):
@@ -173,8 +180,10 @@ def write_results(results: dict[str, Any], workdir: Path) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  from ovseg_jax import cli, train  # Deferred: keeps `import ovseg_jax.evaluate` light for metric users.
-  train.evaluate_checkpoint(cli.CONFIG.value, Path(cli.WORKDIR.value).expanduser())
+  from ovseg_jax import cli, selftrain, train  # Deferred: keeps `import ovseg_jax.evaluate` light.
+  config, workdir = cli.CONFIG.value, Path(cli.WORKDIR.value).expanduser()
+  trainer = selftrain if config.get("trainer") == "selftrain" else train
+  trainer.evaluate_checkpoint(config, workdir)
 
 
 if __name__ == "__main__":

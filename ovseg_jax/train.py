@@ -1,6 +1,7 @@
 """The S-Seg trainer: one jitted, donated train step over global arrays, orbax resume, metrics, evaluation."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,11 @@ class TrainState:
   opt_state: Any
 
 
-def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
-  """Initialises the state directly with its shardings (no host copy of the parameters)."""
-  size, length = config.data.image_size, config.data.context_length
-
+def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                         config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (from `config.sharding_rules`; no host copy)."""
   def init(key):
-    params = model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3), jnp.float32),
-                        jnp.zeros((1, length), jnp.int32), train=False)["params"]
+    params = init_params(key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   abstract = jax.eval_shape(init, jax.random.key(0))
@@ -40,14 +38,24 @@ def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_
   return state, shardings
 
 
-def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    config: ml_collections.ConfigDict, pseudo_mask_fn: Any, mesh: jax.sharding.Mesh,
-                    state_shardings: Any):
-  """`step(state, batch, key) -> (state, metrics)`, jitted with shardings and the old state donated."""
+def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+  """The S-Seg model's state, initialised sharded."""
+  size, length = config.data.image_size, config.data.context_length
+
+  def init_params(key):
+    return model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3), jnp.float32),
+                      jnp.zeros((1, length), jnp.int32), train=False)["params"]
+  return create_sharded_state(init_params, tx, config, mesh)
+
+
+def make_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
+              mesh: jax.sharding.Mesh, state_shardings: Any):
+  """`step(state, batch, key) -> (state, metrics)` for `loss_fn(params, batch, key) -> (loss, metrics)`,
+  jitted with shardings and the old state donated."""
   def step_fn(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
     key = jax.random.fold_in(key, state.step)
-    grad_fn = jax.value_and_grad(objective.sseg_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, model, batch, key, config, pseudo_mask_fn)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
@@ -56,6 +64,15 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
   rep = sharding.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: ml_collections.ConfigDict, pseudo_mask_fn: Any, mesh: jax.sharding.Mesh,
+                    state_shardings: Any):
+  """The S-Seg step: pseudo masks, matching, mask and contrastive losses, AdamW, in one jitted call."""
+  def loss_fn(params, batch, key):
+    return objective.sseg_loss(params, model, batch, key, config, pseudo_mask_fn)
+  return make_step(loss_fn, tx, schedule, mesh, state_shardings)
 
 
 def _train_shards(config: ml_collections.ConfigDict) -> list[str]:
@@ -127,15 +144,21 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, para
   return evaluate.evaluate_demo(config, workdir, model, params, step)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in `workdir` (the `ovseg_jax.evaluate` command)."""
+def restore_model(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, Any, int]:
+  """(model, params, step) of the latest S-Seg checkpoint in `workdir`, built from `config`."""
   mesh = sharding.make_mesh(config.mesh.axes)
   model, _, _, state, _ = _build(config, mesh)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=False)
+  ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=config.checkpoint.keep, async_save=False)
   restored = ckpt.restore_latest(state)
+  ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first with "
+    raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first with "
                             f"`python -m ovseg_jax.main --config=... --workdir={workdir}`.")
   state, _ = restored
-  ckpt.close()
-  return _evaluate(config, workdir, model, state.params, int(state.step))
+  return model, state.params, int(state.step)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in `workdir` (the `ovseg_jax.evaluate` command)."""
+  model, params, step = restore_model(config, workdir)
+  return _evaluate(config, workdir, model, params, step)

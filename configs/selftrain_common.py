@@ -1,0 +1,33 @@
+"""Settings shared by the S-Seg+ second-stage configs (paper sec. 4 / appendix: UperNet on an MAE ViT-B/16)."""
+import ml_collections
+
+
+def second_stage(total_steps: int) -> ml_collections.ConfigDict:
+  """The published second stage (S-Seg appendix, Table 6): UperNet (512 channels) on MAE ViT-B/16 features of
+  blocks 4/6/8/12, AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, layer-wise lr decay 0.7, batch 16,
+  polynomial decay after 1.5k warmup iterations; 20k (VOC), 40k (Context), 80k (COCO) iterations."""
+  c = ml_collections.ConfigDict()
+  c.trainer = "selftrain"
+  c.seed = 0
+  c.batch_size = 16
+  c.total_steps = total_steps
+  c.max_train_minutes = 0.0
+  c.log_every_steps = 50
+  c.teacher_workdir = ""
+  c.pseudo_labels = ml_collections.ConfigDict(dict(num_images=-1, min_confidence=0.0))
+  c.init = ml_collections.ConfigDict(dict(from_teacher=False, vit_checkpoint=""))
+  c.data = ml_collections.ConfigDict(dict(image_size=512))
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = ml_collections.ConfigDict(dict(patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072))
+  c.model.channels = 512
+  c.model.feature_blocks = (4, 6, 8, 12)
+  c.model.dropout_rate = 0.1
+  c.model.dtype = "float32"
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-4, warmup_steps=1500, poly_power=1.0, weight_decay=0.05, layer_decay=0.7, b1=0.9, b2=0.999,
+      grad_clip_norm=0.0))
+  c.mesh = ml_collections.ConfigDict(dict(axes=(("data", -1),)))
+  c.sharding_rules = ((".*", "fsdp"),)
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, keep=2, async_save=True))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_overlays=8))
+  return c

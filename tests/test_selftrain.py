@@ -1,0 +1,124 @@
+"""S-Seg+ self-training: pseudo-label files, layer-wise lr decay, poly schedule, UperNet, the demo end to end."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import selftrain_demo
+from ovseg_jax import optim, pseudo_label, selftrain, train
+from ovseg_jax.models import upernet
+
+
+@pytest.mark.parametrize("num_classes", [13, 300, 847])
+def test_label_png_round_trips_exactly(tmp_path, num_classes):
+  rng = np.random.default_rng(num_classes)
+  label = rng.integers(0, num_classes, (17, 23))
+  ignore = pseudo_label.IGNORE_INDEX if num_classes < 255 else pseudo_label.IGNORE_INDEX_16BIT
+  label[rng.random(label.shape) < 0.1] = ignore
+  pseudo_label.write_label(tmp_path / "a.png", label, num_classes)
+  np.testing.assert_array_equal(pseudo_label.read_label(tmp_path / "a.png"), label)
+  assert not list(tmp_path.glob(".*tmp"))  # The atomic write leaves no temporary file.
+
+
+def test_label_values_outside_the_classes_are_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"bad\.png.*neither class ids below 13"):
+    pseudo_label.write_label(tmp_path / "bad.png", np.full((2, 2), 13), 13)
+
+
+def test_confidence_is_quantised_to_1_over_255(tmp_path):
+  conf = np.random.default_rng(0).random((9, 7))
+  pseudo_label.write_confidence(tmp_path / "c.png", conf)
+  assert np.max(np.abs(pseudo_label.read_confidence(tmp_path / "c.png") - conf)) <= 0.5 / 255 + 1e-7
+
+
+def test_labelling_skips_finished_images(tmp_path):
+  images = [(f"k{i}", np.full((4, 5, 3), i, np.uint8)) for i in range(5)]
+  calls = []
+
+  def predict(batch):
+    calls.append(len(batch))
+    return batch[..., 0].astype(np.int32) % 3, np.full(batch.shape[:3], 0.5)
+
+  first = pseudo_label.label_images(iter(images[:3]), predict, tmp_path, 3, batch_size=2)
+  again = pseudo_label.label_images(iter(images), predict, tmp_path, 3, batch_size=2)
+  assert first == {"labelled": 3, "skipped_done": 0} and again == {"labelled": 2, "skipped_done": 3}
+  assert calls == [2, 1, 2]
+  loaded, labels, conf = pseudo_label.load_pseudo_labelled(tmp_path, images)
+  np.testing.assert_array_equal(labels[:, 0, 0], [0, 1, 2, 0, 1])
+  np.testing.assert_allclose(conf, 128 / 255)
+
+
+def test_layer_decay_multipliers_follow_beit_layer_ids():
+  model = upernet.UperNetViT(num_classes=3, patch_size=8, width=16, depth=4, num_heads=2, mlp_dim=32, channels=8)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  mult = optim.layer_decay_multipliers(params, depth=4, decay=0.7)
+  # By hand: embeddings are layer 0 (0.7^5), block i is layer i+1 (0.7^(4-i)), the neck and head 1.
+  assert mult["backbone"]["patch_embed"]["kernel"] == pytest.approx(0.7 ** 5)
+  assert mult["backbone"]["pos_embedding"] == pytest.approx(0.7 ** 5)
+  for i in range(4):
+    leaves = jax.tree.leaves(mult["backbone"][f"block_{i}"])
+    assert leaves and all(m == pytest.approx(0.7 ** (4 - i)) for m in leaves)
+  assert set(jax.tree.leaves(mult["head"])) == {1.0} and set(jax.tree.leaves(mult["neck"])) == {1.0}
+
+
+def test_poly_schedule_matches_formula():
+  schedule = optim.poly_schedule(1e-4, total_steps=100, warmup_steps=10, power=0.9)
+  for step in (0, 5, 10, 50, 99, 110):
+    expected = 1e-4 * step / 10 if step < 10 else 1e-4 * (1 - min(step, 100) / 100) ** 0.9
+    assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-12)
+
+
+@pytest.mark.parametrize("size,bins", [(7, 3), (12, 6), (5, 1), (4, 6)])
+def test_adaptive_pool_matrix_averages_torch_bins(size, bins):
+  x = np.random.default_rng(size).normal(size=size)
+  expected = [x[int(np.floor(i * size / bins)):int(np.ceil((i + 1) * size / bins))].mean() for i in range(bins)]
+  np.testing.assert_allclose(upernet.adaptive_pool_matrix(size, bins) @ x, expected, rtol=1e-5)
+
+
+def test_upernet_logits_at_stride_4_and_invalid_blocks():
+  model = upernet.UperNetViT(num_classes=5, patch_size=8, width=16, depth=4, num_heads=2, mlp_dim=32, channels=8)
+  out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], jnp.zeros((2, 64, 48, 3)))
+  assert out.shape == (2, 16, 12, 5)
+  with pytest.raises(ValueError, match="must name 4 blocks"):
+    upernet.UperNetViT(num_classes=5, patch_size=8, width=16, depth=2, num_heads=2, mlp_dim=32).init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_segmentation_loss_is_cross_entropy_over_labelled_pixels():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, (2, 6, 5))
+  labels[0, :2] = 255
+  loss, metrics = selftrain.segmentation_loss(jnp.asarray(logits), jnp.asarray(labels), 255)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  valid = labels != 255
+  expected = -np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].mean()
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["labelled_fraction"]) == pytest.approx(valid.mean())
+
+
+def test_batches_resume_at_the_exact_position():
+  images = np.arange(7)[:, None, None, None] * np.ones((7, 2, 2, 3), np.uint8)
+  labels = np.arange(7)[:, None, None] * np.ones((7, 2, 2), np.int32)
+  straight = selftrain._batches(images, labels, 3, seed=1, start_step=0)
+  seen = [next(straight)["label"][:, 0, 0] for _ in range(5)]
+  resumed = selftrain._batches(images, labels, 3, seed=1, start_step=3)
+  np.testing.assert_array_equal(next(resumed)["label"][:, 0, 0], seen[3])
+  flat = np.concatenate(seen)
+  assert sorted(flat[:7]) == list(range(7)) and sorted(flat[7:14]) == list(range(7))  # Each epoch once.
+
+
+def test_demo_self_training_end_to_end(tmp_path):
+  config = selftrain_demo.get_config("tiny")
+  config.teacher.data.demo_root = str(tmp_path / "demo")
+  config.teacher_workdir = str(tmp_path / "teacher")
+  train.train_and_evaluate(config.teacher, tmp_path / "teacher")
+  results = selftrain.run(config, tmp_path / "plus")
+  saved = json.loads((tmp_path / "plus" / "results.json").read_text())
+  assert saved["step"] == config.total_steps and 0.0 <= saved["sseg_plus"]["miou"] <= 1.0
+  assert results["sseg"]["miou"] == pytest.approx(saved["sseg"]["miou"])
+  assert len(list((tmp_path / "plus" / "pseudo_labels").glob("*_confidence.png"))) == 16
+  assert "S-Seg+" in (tmp_path / "plus" / "results.md").read_text()
+  assert list((tmp_path / "plus" / "overlays").glob("*.png"))
