@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,22 +77,32 @@ def summary(pred_labels: np.ndarray, labels: np.ndarray, class_names: Sequence[s
   return summary
 
 
-def predict_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_collections.ConfigDict,
-                           context_length: int) -> tuple[SplitPredictions, int | None]:
-  """Predictions over the split's class names (each expanded to its configured synonyms).
+def class_name_predictor(model: Any, params: Any, class_names: Sequence[str], eval_cfg: ml_collections.ConfigDict,
+                         context_length: int) -> tuple[Callable[[np.ndarray], SplitPredictions], int | None]:
+  """`predict(images) -> SplitPredictions` over `class_names` (each expanded to its configured synonyms),
+  with the text embedded and the segmenter compiled once; and the background class id, if it applies.
 
   With `eval.background='threshold'` the background class competes only if it has synonyms (e.g. the
   scene words of the demo); pixels scoring below the threshold become background either way.
   """
-  names = list(split.class_names)
+  names = list(class_names)
   synonyms = dict(eval_cfg.get("synonyms", {}))
   background_id = names.index(BACKGROUND) if eval_cfg.background == "threshold" and BACKGROUND in names else None
   class_ids = [i for i in range(len(names)) if i != background_id or BACKGROUND in synonyms]
   prompts, groups = inference.expand_synonyms([names[i] for i in class_ids], synonyms)
   text = inference.class_text_embeddings(model, params, prompts, eval_cfg.templates, context_length)
   segmenter = inference.make_segmenter(model, eval_cfg.decode)
-  pred = predict_split(segmenter, params, split.images, text, groups, class_ids, eval_cfg.batch_size)
-  return pred, background_id
+
+  def predict(images: np.ndarray) -> SplitPredictions:
+    return predict_split(segmenter, params, images, text, groups, class_ids, eval_cfg.batch_size)
+  return predict, background_id
+
+
+def predict_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_collections.ConfigDict,
+                           context_length: int) -> tuple[SplitPredictions, int | None]:
+  """Predictions for a split's images over its class names (see `class_name_predictor`)."""
+  predict, background_id = class_name_predictor(model, params, split.class_names, eval_cfg, context_length)
+  return predict(split.images), background_id
 
 
 def evaluate_labelled_split(model: Any, params: Any, split: Any, eval_cfg: ml_collections.ConfigDict,

@@ -79,6 +79,7 @@ def label_images(images: Iterator[tuple[str, np.ndarray]], predict: Any, output:
   counts = {"labelled": 0, "skipped_done": 0}
   pending: list[tuple[str, np.ndarray]] = []
   start = time.perf_counter()
+  last_log = [start]
 
   def flush():
     labels, confidence = predict(np.stack([image for _, image in pending]))
@@ -88,10 +89,12 @@ def label_images(images: Iterator[tuple[str, np.ndarray]], predict: Any, output:
       write_label(label_path, label, num_classes)  # Last: its presence marks the key as done.
     counts["labelled"] += len(pending)
     pending.clear()
-    done = counts["labelled"]
-    rate = done / max(time.perf_counter() - start, 1e-9)
-    eta = f", ETA {((total or done) - done - counts['skipped_done']) / rate:.0f}s" if total else ""
-    progress.log(f"pseudo labels: {done} images ({rate:.1f} img/s{eta}) -> {output}")
+    done, now = counts["labelled"], time.perf_counter()
+    if now - last_log[0] > 10 or (total and done + counts["skipped_done"] == total):
+      last_log[0] = now
+      rate = done / max(now - start, 1e-9)
+      eta = f", ETA {(total - done - counts['skipped_done']) / rate:.0f}s" if total else ""
+      progress.log(f"pseudo labels: {done} images ({rate:.1f} img/s{eta}) -> {output}")
 
   for key, image in images:
     if output_paths(output, key)[0].exists():

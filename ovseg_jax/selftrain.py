@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -78,11 +77,11 @@ def make_teacher_predictor(teacher_config: ml_collections.ConfigDict, model: Any
                            class_names: list[str]):
   """`predict(images) -> (labels, confidence)` with the teacher's evaluation protocol."""
   threshold = evaluate.demo_background_threshold(teacher_config, model, params)
+  predict_split, background_id = evaluate.class_name_predictor(model, params, class_names, teacher_config.eval,
+                                                               teacher_config.data.context_length)
 
   def predict(images: np.ndarray):
-    split = SimpleNamespace(images=images, class_names=class_names)
-    pred, background_id = evaluate.predict_labelled_split(model, params, split, teacher_config.eval,
-                                                          teacher_config.data.context_length)
+    pred = predict_split(images)
     return pred.labels(background_id, threshold), pred.best_score
   return predict, threshold
 

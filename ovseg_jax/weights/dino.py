@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from ovseg_jax.weights import torch_files
+from ovseg_jax.weights import convert, torch_files
 
 # Keys that belong to heads around the backbone (DINO's projection head, HF's pooler and classifier);
 # DINO and Hugging Face also skip them when they load a backbone.
@@ -52,7 +51,7 @@ def read_dino(path: str | Path, *, num_heads: int | None = None,
     raise ValueError(f"{path}: holds Hugging Face ViTModel weights; pass the directory that holds this file "
                      "and its config.json instead.")
   architecture = _infer_dino_architecture(state, path, num_heads)
-  _check_keys(state, _dino_shapes(architecture), _DINO_IGNORED, path, "a DINO VisionTransformer state dict")
+  convert.check_keys(state, _dino_shapes(architecture), _DINO_IGNORED, path, "a DINO VisionTransformer state dict")
   return architecture, _dino_to_params(state, architecture.depth)
 
 
@@ -159,7 +158,7 @@ def _read_hf_directory(path: Path) -> tuple[DinoArchitecture, dict[str, Any]]:
   if not isinstance(state, Mapping) or not all(isinstance(v, np.ndarray) for v in state.values()):
     raise ValueError(f"{weights}: expected a state dict of tensors, found {type(state).__name__}.")
   state = {k.removeprefix("vit."): v for k, v in state.items()}
-  _check_keys(state, _hf_shapes(architecture), _HF_IGNORED, weights,
+  convert.check_keys(state, _hf_shapes(architecture), _HF_IGNORED, weights,
               f"a Hugging Face ViTModel matching {config_file.name}")
   return architecture, _dino_to_params(_hf_to_dino(state, architecture.depth), architecture.depth)
 
@@ -187,29 +186,13 @@ def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> DinoArchit
                           dino_interpolation=False)
 
 
-def _check_keys(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]], ignored: re.Pattern,
-                path: Path, what: str) -> None:
-  """Raises one error listing every missing key, unexpected key and wrong shape."""
-  missing = [k for k in expected if k not in state]
-  unexpected = [k for k in state if k not in expected and not ignored.match(k)]
-  wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-           for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-  if missing or unexpected or wrong:
-    listed = lambda items: ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
-    parts = [f"{name}: {listed(items)}" for name, items in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if items]
-    raise ValueError(f"{path}: expected {what}; {'; '.join(parts)}. Check that the file is the checkpoint "
-                     "of this model (e.g. a ViT-S file for a ViT-S config) and is complete.")
-
-
 def _dino_to_params(state: Mapping[str, np.ndarray], depth: int) -> dict[str, Any]:
   """DINO state dict -> `DinoViT` params (float32): Linear [out, in] -> Dense [in, out], Conv OIHW -> HWIO."""
-  f32 = lambda x: jnp.asarray(np.asarray(x, np.float32))
-  dense = lambda key: {"kernel": f32(state[f"{key}.weight"].T), "bias": f32(state[f"{key}.bias"])}
-  norm = lambda key: {"scale": f32(state[f"{key}.weight"]), "bias": f32(state[f"{key}.bias"])}
-  params = {"patch_embed": {"kernel": f32(state["patch_embed.proj.weight"].transpose(2, 3, 1, 0)),
-                            "bias": f32(state["patch_embed.proj.bias"])},
-            "cls_token": f32(state["cls_token"]), "pos_embed": f32(state["pos_embed"]), "norm": norm("norm")}
+  dense = lambda key: convert.dense(state, key)
+  norm = lambda key: convert.layer_norm(state, key)
+  params = {"patch_embed": convert.conv(state, "patch_embed.proj"),
+            "cls_token": convert.f32(state["cls_token"]), "pos_embed": convert.f32(state["pos_embed"]),
+            "norm": norm("norm")}
   for i in range(depth):
     b = f"blocks.{i}"
     params[f"block_{i}"] = {"norm1": norm(f"{b}.norm1"), "norm2": norm(f"{b}.norm2"),
