@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from clu import parameter_overview
 
 from ovseg_jax import checkpoint, progress, sharding
 
@@ -76,3 +77,23 @@ def run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mes
     preemption.restore()
     logger.close()
   return state
+
+
+def describe_parameters(params: Any, workdir: Path) -> None:
+  """Logs the parameter count and writes the per-tensor table (clu's parameter overview) to the workdir."""
+  (workdir / "parameter_overview.txt").write_text(
+      parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+  progress.log(f"model: {int(parameter_overview.count_parameters(params)):,} parameters "
+               f"(per-tensor table in {workdir / 'parameter_overview.txt'})")
+
+
+def resume(config: ml_collections.ConfigDict, workdir: Path, state: Any) -> tuple[checkpoint.Checkpointer, Any, bool]:
+  """The workdir's checkpointer and the state restored from its latest checkpoint (or `state` as given);
+  the flag says whether a checkpoint was found."""
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                 async_save=config.checkpoint.async_save)
+  restored = ckpt.restore_latest(state)
+  if restored is None:
+    return ckpt, state, False
+  progress.log(f"resumed from {ckpt.directory} at step {int(restored[0].step)}")
+  return ckpt, restored[0], True

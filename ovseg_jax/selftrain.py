@@ -156,14 +156,9 @@ class _Stage2:
 
 def train_stage(config: ml_collections.ConfigDict, workdir: Path, num_classes: int) -> tuple[Any, Any, int]:
   stage = _Stage2(config, num_classes)
-  state = stage.state
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                 async_save=config.checkpoint.async_save)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, _ = restored
-    progress.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
-  elif config.init.from_teacher:
+  loop.describe_parameters(stage.state.params, workdir)
+  ckpt, state, resumed = loop.resume(config, workdir, stage.state)
+  if not resumed and config.init.from_teacher:
     _, teacher_params, _ = train.restore_model(config.teacher, Path(config.teacher_workdir).expanduser())
     state = jax.device_put(state.replace(params=_init_from_teacher(state.params, teacher_params)), stage.shardings)
   start_step = int(state.step)

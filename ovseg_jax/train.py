@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import parameter_overview
 
 from data_pipelines import image_text
 from ovseg_jax import checkpoint, evaluate, loop, objective, optim, progress, sharding
-from ovseg_jax.models.sseg import build_sseg
-from ovseg_jax.models.vit import load_dino
+from ovseg_jax.models.sseg import build_sseg, pretrained_backbone_params
+from ovseg_jax.models.vit import load_dino, random_dino
 
 
 @flax.struct.dataclass
@@ -46,7 +45,27 @@ def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_
   def init_params(key):
     return model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3), jnp.float32),
                       jnp.zeros((1, length), jnp.int32), train=False)["params"]
-  return create_sharded_state(init_params, tx, config, mesh)
+  state, shardings = create_sharded_state(init_params, tx, config, mesh)
+  pretrained = pretrained_backbone_params(config.model.backbone)
+  if pretrained is not None:
+    params = {**state.params, "backbone": _overlay(state.params["backbone"], pretrained, "model.backbone")}
+    state = jax.device_put(state.replace(params=params), shardings)
+    progress.log(f"backbone initialised from {config.model.backbone.checkpoint}")
+  return state, shardings
+
+
+def _overlay(params: Any, pretrained: Any, where: str) -> Any:
+  """`params` with every leaf that `pretrained` has replaced by it (shapes checked); the others kept."""
+  if not isinstance(pretrained, dict):
+    if pretrained.shape != params.shape:
+      raise checkpoint.CheckpointMismatchError(f"{where}: pretrained shape {pretrained.shape}, model expects "
+                                               f"{params.shape}; the checkpoint is for another architecture.")
+    return jnp.asarray(pretrained, params.dtype)
+  unknown = set(pretrained) - set(params)
+  if unknown:
+    raise checkpoint.CheckpointMismatchError(f"{where}: pretrained weights {sorted(unknown)[:4]} have no place "
+                                             "in the model; the checkpoint is for another architecture.")
+  return {k: _overlay(v, pretrained[k], f"{where}/{k}") if k in pretrained else v for k, v in params.items()}
 
 
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -102,17 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                      f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
   shards = _train_shards(config)
   model, tx, schedule, state, state_shardings = _build(config, mesh)
-  overview = parameter_overview.get_parameter_overview(state.params, include_stats=False)
-  (workdir / "parameter_overview.txt").write_text(overview + "\n")
-  progress.log(f"model: {int(parameter_overview.count_parameters(state.params)):,} parameters "
-               f"(per-tensor table in {workdir / 'parameter_overview.txt'})")
-
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                 async_save=config.checkpoint.async_save)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, _ = restored
-    progress.log(f"resumed from {ckpt.directory} at step {int(state.step)}")
+  loop.describe_parameters(state.params, workdir)
+  ckpt, state, _ = loop.resume(config, workdir, state)
   start_step = int(state.step)
   if start_step < config.total_steps:
     state = _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt,
@@ -121,11 +131,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   return _evaluate(config, workdir, model, state.params, int(state.step))
 
 
+def pseudo_mask_dino(pm: ml_collections.ConfigDict) -> tuple[Any, Any] | None:
+  """The frozen DINO of `pseudo_masks.dino_checkpoint`: a file or directory, or 'random:S/8' (random weights
+  of the real size, for compile tests and benchmarks); None for pixel features."""
+  if pm.features != "dino" or not pm.dino_checkpoint:
+    return None
+  if pm.dino_checkpoint.startswith("random:"):
+    return random_dino(pm.dino_checkpoint.removeprefix("random:"))
+  return load_dino(Path(pm.dino_checkpoint).expanduser(), num_heads=pm.dino_num_heads or None)
+
+
 def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step):
-  pm = config.pseudo_masks
-  dino = (load_dino(Path(pm.dino_checkpoint).expanduser(), num_heads=pm.dino_num_heads or None)
-          if pm.features == "dino" and pm.dino_checkpoint else None)
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size,
+                                                 pseudo_mask_dino(config.pseudo_masks))
   train_step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
   # A resumed run draws a fresh shuffle instead of replaying the first batches of the data.
   batches, skip_stats = image_text.make_image_text_iterator(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +22,9 @@ from ovseg_jax.models.layers import DType, Mlp
 from ovseg_jax.models.maskformer import MaskHead, TransformerDecoder
 from ovseg_jax.models.pixel_decoder import FPNPixelDecoder
 from ovseg_jax.models.text_transformer import TextTransformer
+from ovseg_jax.models import swin
 from ovseg_jax.models.vit import ViTBackbone
+from ovseg_jax.weights import swin as swin_weights
 
 # 'mean_then_project': paper, MLP(mean_n feature_n); 'project_then_mean': mean_n MLP(feature_n).
 POOL_ORDERS = ("mean_then_project", "project_then_mean")
@@ -33,12 +36,8 @@ MAX_LOGIT_SCALE = 100.0
 
 class SSeg(nn.Module):
   """The S-Seg model. Build it from a config with `build_sseg`."""
-  # ViT backbone; its simple feature pyramid has `conv_dim` channels.
-  patch_size: int
-  vit_width: int
-  vit_depth: int
-  vit_heads: int
-  vit_mlp_dim: int
+  # Image backbone: images -> {stride: map} (a Swin, or a ViT with its simple feature pyramid).
+  backbone: nn.Module
   # FPN pixel decoder.
   conv_dim: int
   mask_dim: int
@@ -68,8 +67,6 @@ class SSeg(nn.Module):
     if self.mask_feature_source not in MASK_FEATURE_SOURCES:
       raise ValueError(f"mask_feature_source={self.mask_feature_source!r}: use one of {MASK_FEATURE_SOURCES}.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.backbone = ViTBackbone(self.patch_size, self.vit_width, self.vit_depth, self.vit_heads,
-                                self.vit_mlp_dim, out_dim=self.conv_dim, **kw)
     self.pixel_decoder = FPNPixelDecoder(self.conv_dim, self.mask_dim, **kw)
     self.decoder = TransformerDecoder(self.num_queries, self.decoder_dim, self.decoder_heads,
                                       self.decoder_mlp_dim, self.decoder_layers, self.decoder_dropout, **kw)
@@ -125,8 +122,13 @@ class SSeg(nn.Module):
             "logit_scale": self.logit_scale()}
 
 
+# name -> (patch_size, width, depth, num_heads); MLP width 4x. ViT-S/B/L as released (DeiT/CLIP/DINO sizes).
+VIT_VARIANTS = {
+    "S/16": (16, 384, 12, 6), "S/8": (8, 384, 12, 6), "B/16": (16, 768, 12, 12), "B/8": (8, 768, 12, 12),
+    "L/14": (14, 1024, 24, 16),
+}
+_CUSTOM_VIT = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
 _SECTIONS = {  # section -> (required keys, optional keys with defaults)
-    "backbone": (("patch_size", "width", "depth", "num_heads", "mlp_dim"), {}),
     "pixel_decoder": (("conv_dim", "mask_dim"), {}),
     "decoder": (("num_queries", "dim", "num_heads", "mlp_dim", "num_layers"), {"dropout_rate": 0.0}),
     "text": (("width", "depth", "num_heads"), {"vocab_size": 49408, "context_length": 77}),
@@ -146,23 +148,56 @@ def _checked(section: Mapping[str, Any], where: str, required: tuple[str, ...],
   return {**optional, **section}
 
 
+def build_backbone(cfg: Mapping[str, Any], conv_dim: int, dtype: Any = jnp.float32) -> nn.Module:
+  """`model.backbone`: {name: 'Swin-T'|'Swin-S'|'Swin-B'|'S/16'|'S/8'|'B/16'|'B/8'|'L/14'} (+ drop_path_rate for
+  Swin), or a custom ViT {patch_size, width, depth, num_heads, mlp_dim}; optional `checkpoint` (pretrained
+  weights, see `pretrained_backbone_params`)."""
+  cfg = dict(cfg)
+  name = cfg.pop("name", None)
+  cfg.pop("checkpoint", None)
+  if name in swin.VARIANTS:
+    b = _checked(cfg, f"model.backbone ({name})", (), {"drop_path_rate": 0.0})
+    return swin.swin(name, drop_path_rate=b["drop_path_rate"], dtype=dtype)
+  if name in VIT_VARIANTS:
+    _checked(cfg, f"model.backbone ({name})", (), {})
+    patch, width, depth, heads = VIT_VARIANTS[name]
+    return ViTBackbone(patch, width, depth, heads, 4 * width, out_dim=conv_dim, dtype=dtype)
+  if name is not None:
+    raise ValueError(f"model.backbone.name={name!r}: use one of {sorted(swin.VARIANTS) + sorted(VIT_VARIANTS)}, "
+                     f"or no name and the custom ViT keys {list(_CUSTOM_VIT)}.")
+  b = _checked(cfg, "model.backbone", _CUSTOM_VIT, {})
+  return ViTBackbone(b["patch_size"], b["width"], b["depth"], b["num_heads"], b["mlp_dim"], out_dim=conv_dim,
+                     dtype=dtype)
+
+
+def pretrained_backbone_params(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+  """Backbone params read from `model.backbone.checkpoint` (released / timm / MaskFormer Swin files), or None."""
+  path, name = cfg.get("checkpoint"), cfg.get("name")
+  if not path:
+    return None
+  if name not in swin.VARIANTS:
+    raise ValueError(f"model.backbone.checkpoint is supported for Swin backbones {sorted(swin.VARIANTS)}, not "
+                     f"{name!r}; drop the checkpoint or choose a Swin.")
+  return swin_weights.read_swin(Path(path).expanduser(), *swin.VARIANTS[name])
+
+
 def build_sseg(model_config: Mapping[str, Any]) -> SSeg:
   """SSeg from a config (dict or ConfigDict) with sections backbone, pixel_decoder, decoder, text and
   top-level embed_dim, pool_order, logit_scale_init, dtype (see `configs/sseg_demo.py`)."""
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
-  top = _checked({k: v for k, v in cfg.items() if k not in _SECTIONS}, "model", ("embed_dim",),
+  sections = ("backbone", *_SECTIONS)
+  top = _checked({k: v for k, v in cfg.items() if k not in sections}, "model", ("embed_dim",),
                  _TOP_LEVEL_OPTIONAL)
-  for name in _SECTIONS:
+  for name in sections:
     if name not in cfg:
-      raise ValueError(f"model: missing section {name!r}; expected sections {list(_SECTIONS)}.")
-  b, p, d, t = (_checked(cfg[name], f"model.{name}", *_SECTIONS[name]) for name in _SECTIONS)
+      raise ValueError(f"model: missing section {name!r}; expected sections {list(sections)}.")
+  p, d, t = (_checked(cfg[name], f"model.{name}", *_SECTIONS[name]) for name in _SECTIONS)
   try:
     dtype = jnp.dtype(top["dtype"])
   except TypeError as e:
     raise ValueError(f"model.dtype={top['dtype']!r} is not a dtype; use 'float32' or 'bfloat16'.") from e
   return SSeg(
-      patch_size=b["patch_size"], vit_width=b["width"], vit_depth=b["depth"], vit_heads=b["num_heads"],
-      vit_mlp_dim=b["mlp_dim"],
+      backbone=build_backbone(cfg["backbone"], p["conv_dim"], dtype),
       conv_dim=p["conv_dim"], mask_dim=p["mask_dim"],
       num_queries=d["num_queries"], decoder_dim=d["dim"], decoder_heads=d["num_heads"],
       decoder_mlp_dim=d["mlp_dim"], decoder_layers=d["num_layers"], decoder_dropout=d["dropout_rate"],

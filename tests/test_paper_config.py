@@ -1,0 +1,62 @@
+"""The published S-Seg configs: the paper model's size, derived schedule, and (slow) its full train step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import sseg_26m, sseg_cc12m
+from ovseg_jax import objective, sharding, train
+from ovseg_jax.models.sseg import build_sseg
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_paper_model_has_the_published_parts():
+  config = sseg_cc12m.get_config()
+  model = build_sseg(config.model)
+  params = jax.eval_shape(lambda k: model.init({"params": k, "dropout": k}, jnp.zeros((1, 224, 224, 3)),
+                                               jnp.zeros((1, 77), jnp.int32), train=False)["params"],
+                          jax.random.key(0))
+  n_backbone, n_text = _count(params["backbone"]), _count(params["text_encoder"])
+  # Swin-S backbone with stage norms: 48.84M (timm's count, tests/test_swin.py); a 12-layer width-256
+  # text transformer: 12 * (4*256^2 + 2*4*256^2 + biases and norms) + 49408*256 + 77*256 + final norm.
+  assert n_backbone == 48_838_602
+  assert n_text == 12 * (12 * 256 ** 2 + 9 * 256 + 4 * 256) + 49408 * 256 + 77 * 256 + 2 * 256
+  assert params["decoder"]["query_embedding"].shape == (64, 256)
+  assert len([k for k in params["decoder"] if k.startswith("layer_")]) == 6
+
+
+def test_schedule_follows_batch_and_dataset_size():
+  c = sseg_cc12m.get_config()
+  assert (c.total_steps, c.optimizer.warmup_steps, c.optimizer.lr) == (30 * 2929, 2 * 2929, 5e-4)
+  c.batch_size = 1024  # A command-line override rescales the lr and the steps.
+  assert (c.total_steps, c.optimizer.lr) == (30 * 11718, pytest.approx(1.25e-4))
+  big = sseg_26m.get_config()
+  assert big.data.num_examples == 26_000_000 and len(big.data.shards) == 3 and big.model.backbone.name == "Swin-S"
+
+
+@pytest.mark.slow
+def test_paper_train_step_runs_and_lowers_the_loss():
+  """Swin-S, N=64, 224x224, DINO ViT-S/8 pseudo masks (random weights of the real size), batch 2 on CPU."""
+  config = sseg_cc12m.get_config("runlocal")
+  config.batch_size = 2
+  config.model.decoder.dropout_rate = 0.0
+  config.model.backbone.drop_path_rate = 0.0
+  config.optimizer.grad_clip_norm = 1.0
+  # One device: the batch of 2 cannot split over the 8 fake devices the test session has.
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  model, tx, schedule, state, shardings = train._build(config, mesh)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, 224, train.pseudo_mask_dino(config.pseudo_masks))
+  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
+  rng = np.random.default_rng(0)
+  tokens = np.zeros((2, 77), np.int32)
+  tokens[:, :6] = [[49406, 320, 1929, 539, 320, 49407], [49406, 320, 2368, 525, 518, 49407]]
+  batch = sharding.host_batch_to_global(
+      {"image": rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8), "tokens": tokens}, mesh)
+  losses = []
+  for _ in range(4):
+    state, metrics = step(state, batch, jax.random.key(0))
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
