@@ -1,0 +1,83 @@
+"""CLIP classification of mask proposals: masked crops (OVSeg) and mask-pooled dense features (MaskCLIP).
+
+Both return per-mask class probabilities [B, N, K] (softmax over the K class embeddings of the scaled cosine
+similarity) that the ensembles in `ovseg_jax.ensembles` combine with the segmenter's own. Images are CLIP-
+normalised, so filling outside a mask with 0 is filling with CLIP's mean colour, as OVSeg does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+# CLIP's trained temperature: OpenAI's models end training at the clip bound, exp(logit_scale) = 100.
+CLIP_LOGIT_SCALE = 100.0
+
+
+def _l2_normalize(x: Array) -> Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def class_probs(embeddings: Array, text_embeddings: Array, logit_scale: float = CLIP_LOGIT_SCALE) -> Array:
+  """[..., D] x [K, D] -> [..., K]: softmax over classes of the scaled cosine similarity."""
+  logits = logit_scale * _l2_normalize(embeddings.astype(jnp.float32)) @ _l2_normalize(text_embeddings).T
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def binary_masks(mask_logits: Array, out_hw: tuple[int, int], threshold: float) -> Array:
+  """[..., h, w] logits -> bool [..., H, W]: sigmoid of the bilinearly upsampled logits above `threshold`."""
+  resized = jax.image.resize(mask_logits.astype(jnp.float32), (*mask_logits.shape[:-2], *out_hw), "bilinear")
+  return jax.nn.sigmoid(resized) > threshold
+
+
+def _box(mask: Array) -> tuple[Array, Array, Array, Array]:
+  """[y0, y1) x [x0, x1) of the True pixels of a [H, W] mask; the whole image if it is empty."""
+  def extent(any_along: Array):
+    n = any_along.shape[0]
+    idx = jnp.arange(n)
+    lo = jnp.min(jnp.where(any_along, idx, n))
+    hi = jnp.max(jnp.where(any_along, idx + 1, 0))
+    return jnp.where(hi > lo, lo, 0), jnp.where(hi > lo, hi, n)
+  y0, y1 = extent(jnp.any(mask, axis=1))
+  x0, x1 = extent(jnp.any(mask, axis=0))
+  return y0, y1, x0, x1
+
+
+def masked_crop(image: Array, mask: Array, size: int) -> Array:
+  """OVSeg's "mask & crop": pixels outside `mask` set to 0 (the mean colour), the mask's bounding box
+  resized (antialiased bilinear, aspect not kept) to `size` x `size`. image [H, W, C], mask bool [H, W]."""
+  y0, y1, x0, x1 = (v.astype(jnp.float32) for v in _box(mask))
+  scale = jnp.stack([size / (y1 - y0), size / (x1 - x0)])
+  translation = -jnp.stack([y0, x0]) * scale
+  filled = jnp.where(mask[..., None], image, 0.0)
+  return jax.image.scale_and_translate(filled, (size, size, image.shape[-1]), (0, 1), scale, translation,
+                                       "linear", antialias=True)
+
+
+def crop_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array, text_embeddings: Array,
+                     crop_size: int, threshold: float = 0.5, crops_per_call: int = 32) -> Array:
+  """Masked-crop classification. images [B, H, W, 3] CLIP-normalised, mask_logits [B, N, h, w] ->
+  [B, N, K]. Empty masks get the uniform distribution (no evidence for any class)."""
+  b, n = mask_logits.shape[:2]
+  masks = binary_masks(mask_logits, images.shape[1:3], threshold)  # [B, N, H, W]
+  crops = jax.vmap(jax.vmap(masked_crop, in_axes=(None, 0, None)), in_axes=(0, 0, None))(images, masks, crop_size)
+  crops = crops.reshape(b * n, crop_size, crop_size, images.shape[-1])
+  encode = lambda x: clip.apply({"params": clip_params}, x[None], method="encode_image")[0]
+  embeddings = jax.lax.map(encode, crops, batch_size=crops_per_call).reshape(b, n, -1)
+  probs = class_probs(embeddings, text_embeddings)
+  empty = ~jnp.any(masks, axis=(-2, -1))  # [B, N]
+  return jnp.where(empty[..., None], 1.0 / text_embeddings.shape[0], probs)
+
+
+def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array,
+                      text_embeddings: Array) -> Array:
+  """Mask-pooled classification in one CLIP pass: the dense patch features [B, h', w', D] averaged under each
+  mask's probability map (resized to the patch grid). -> [B, N, K]."""
+  dense = clip.apply({"params": clip_params}, images, method="encode_dense").astype(jnp.float32)
+  b, n = mask_logits.shape[:2]
+  grid = dense.shape[1:3]
+  weights = jax.nn.sigmoid(jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *grid), "bilinear"))
+  pooled = jnp.einsum("bnhw,bhwd->bnd", weights, dense) / (jnp.sum(weights, axis=(-2, -1))[..., None] + 1e-6)
+  return class_probs(pooled, text_embeddings)
