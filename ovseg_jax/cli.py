@@ -32,6 +32,6 @@ def _parse(argv: list[str]) -> list[str]:
   return argv
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  flags.mark_flags_as_required(["config", "workdir"])
+def run(main: Callable[[list[str]], None], required: tuple[str, ...] = ("config", "workdir")) -> None:
+  flags.mark_flags_as_required(list(required))
   app.run(main, flags_parser=_parse)

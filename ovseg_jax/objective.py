@@ -18,30 +18,30 @@ from ovseg_jax.preprocessing import normalize_images
 
 
 def make_pseudo_mask_fn(cfg: ml_collections.ConfigDict, image_size: int,
-                        dino: tuple[Any, Any] | None = None) -> Callable[[jax.Array, jax.Array], tuple]:
-  """Returns `fn(images_uint8, key) -> (masks [B,K,h,w], valid [B,K])` for the configured feature source."""
+                        dino: Any | None = None) -> Callable[[jax.Array, jax.Array, Any], tuple]:
+  """Returns `fn(images_uint8, key, dino_params) -> (masks [B,K,h,w], valid [B,K])` for the configured feature
+  source. DINO's parameters are an argument, not a closure, so a jitted step does not embed them as
+  constants (tens of MB in every compiled program); `dino_params` is None for pixel features."""
   if cfg.features == "pixels":
     grid = image_size // cfg.cell
-    feature_fn = lambda images: pseudo_masks.pixel_patch_features(
+    feature_fn = lambda images, _: pseudo_masks.pixel_patch_features(
         images.astype(jnp.float32) / 255.0, cell=cfg.cell, position_weight=cfg.position_weight)
     normalize = False
   elif cfg.features == "dino":
     if dino is None:
       raise ValueError("pseudo_masks.features='dino' needs pseudo_masks.dino_checkpoint (a DINO .pth file or "
                        "a Hugging Face facebook/dino-* directory).")
-    module, params = dino
-    patch = module.patch_size
-    grid = image_size // patch
-    feature_fn = lambda images: module.apply(
+    grid = image_size // dino.patch_size
+    feature_fn = lambda images, params: dino.apply(
         {"params": params}, normalize_images(images, preprocessing.IMAGENET_MEAN, preprocessing.IMAGENET_STD))
     normalize = True
   else:
     raise ValueError(f"pseudo_masks.features={cfg.features!r}: use 'pixels' or 'dino'.")
 
-  def fn(images, key):
+  def fn(images, key, dino_params):
     return pseudo_masks.generate_pseudo_masks(
         images, num_clusters=cfg.num_clusters, num_iters=cfg.num_iters, key=key, init=cfg.init,
-        feature_fn=feature_fn, grid_hw=(grid, grid), normalize=normalize)
+        feature_fn=lambda x: feature_fn(x, dino_params), grid_hw=(grid, grid), normalize=normalize)
   return fn
 
 
@@ -78,10 +78,11 @@ def mask_losses(pred_masks: jax.Array, targets: jax.Array, valid: jax.Array,
 
 
 def sseg_loss(params: Any, model: Any, batch: dict[str, jax.Array], key: jax.Array,
-              cfg: ml_collections.ConfigDict, pseudo_mask_fn: Callable) -> tuple[jax.Array, dict]:
+              cfg: ml_collections.ConfigDict, pseudo_mask_fn: Callable,
+              dino_params: Any = None) -> tuple[jax.Array, dict]:
   """Total loss = weight_mask * L_mask + weight_contrastive * L_contrastive (paper eq. 4)."""
   mask_key, dropout_key = jax.random.split(key)
-  targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key))
+  targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key, dino_params))
   out = model.apply({"params": params}, normalize_images(batch["image"]), batch["tokens"], train=True,
                     rngs={"dropout": dropout_key})
   pred_hw = out["pred_masks"].shape[-2:]

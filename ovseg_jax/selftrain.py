@@ -170,13 +170,15 @@ def train_stage(config: ml_collections.ConfigDict, workdir: Path, num_classes: i
                  f"{np.mean(labels != pseudo_label.IGNORE_INDEX):.1%} of pixels labelled")
     model = stage.model
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, frozen):
+      del frozen
       logits = model.apply({"params": params}, normalize_images(batch["image"]), train=True, rngs={"dropout": key})
       return segmentation_loss(logits, batch["label"], pseudo_label.IGNORE_INDEX)
 
     step = train.make_step(loss_fn, stage.tx, stage.schedule, stage.mesh, stage.shardings)
+    train_step = lambda state, batch, key: step(state, batch, key, None)
     batches = _batches(images, labels, config.batch_size // jax.process_count(), config.seed, start_step)
-    state = loop.run(config, workdir, stage.mesh, step, state, batches, ckpt, start_step)
+    state = loop.run(config, workdir, stage.mesh, train_step, state, batches, ckpt, start_step)
   ckpt.close()
   return stage.model, state.params, int(state.step)
 

@@ -24,28 +24,37 @@ class TrainState:
   opt_state: Any
 
 
-def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                         config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
-  """Initialises the state directly with its shardings (from `config.sharding_rules`; no host copy)."""
+def abstract_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[Callable, TrainState, Any]:
+  """(init(key) -> state, the state's shapes, its shardings from `config.sharding_rules`), nothing allocated."""
   def init(key):
     params = init_params(key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  return state, shardings
+  return init, abstract, sharding.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
 
 
-def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
-  """The S-Seg model's state, initialised sharded."""
+def create_sharded_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                         config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+  """Initialises the state directly with its shardings (no host copy)."""
+  init, _, shardings = abstract_state(init_params, tx, config, mesh)
+  return jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed)), shardings
+
+
+def sseg_init_params(model: Any, config: ml_collections.ConfigDict) -> Callable[[jax.Array], Any]:
   size, length = config.data.image_size, config.data.context_length
 
   def init_params(key):
     return model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3), jnp.float32),
                       jnp.zeros((1, length), jnp.int32), train=False)["params"]
-  state, shardings = create_sharded_state(init_params, tx, config, mesh)
+  return init_params
+
+
+def create_train_state(model: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
+  """The S-Seg model's state, initialised sharded (and its backbone from `model.backbone.checkpoint`)."""
+  state, shardings = create_sharded_state(sseg_init_params(model, config), tx, config, mesh)
   pretrained = pretrained_backbone_params(config.model.backbone)
   if pretrained is not None:
     params = {**state.params, "backbone": _overlay(state.params["backbone"], pretrained, "model.backbone")}
@@ -70,27 +79,29 @@ def _overlay(params: Any, pretrained: Any, where: str) -> Any:
 
 def make_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: optax.Schedule,
               mesh: jax.sharding.Mesh, state_shardings: Any):
-  """`step(state, batch, key) -> (state, metrics)` for `loss_fn(params, batch, key) -> (loss, metrics)`,
-  jitted with shardings and the old state donated."""
-  def step_fn(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+  """`step(state, batch, key, frozen) -> (state, metrics)` for `loss_fn(params, batch, key, frozen) ->
+  (loss, metrics)`, jitted with shardings and the old state donated; `frozen` holds replicated weights that
+  are not trained (e.g. the pseudo-mask DINO), or None."""
+  def step_fn(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, frozen: Any):
     key = jax.random.fold_in(key, state.step)
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   rep = sharding.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
+  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
 
 def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     config: ml_collections.ConfigDict, pseudo_mask_fn: Any, mesh: jax.sharding.Mesh,
                     state_shardings: Any):
-  """The S-Seg step: pseudo masks, matching, mask and contrastive losses, AdamW, in one jitted call."""
-  def loss_fn(params, batch, key):
-    return objective.sseg_loss(params, model, batch, key, config, pseudo_mask_fn)
+  """The S-Seg step `(state, batch, key, dino_params)`: pseudo masks, matching, mask and contrastive losses,
+  AdamW, in one jitted call."""
+  def loss_fn(params, batch, key, dino_params):
+    return objective.sseg_loss(params, model, batch, key, config, pseudo_mask_fn, dino_params)
   return make_step(loss_fn, tx, schedule, mesh, state_shardings)
 
 
@@ -142,9 +153,11 @@ def pseudo_mask_dino(pm: ml_collections.ConfigDict) -> tuple[Any, Any] | None:
 
 
 def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step):
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size,
-                                                 pseudo_mask_dino(config.pseudo_masks))
-  train_step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
+  dino_module, dino_params = pseudo_mask_dino(config.pseudo_masks) or (None, None)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino_module)
+  step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
+  dino_params = jax.device_put(dino_params, sharding.replicated(mesh))
+  train_step = lambda state, batch, key: step(state, batch, key, dino_params)
   # A resumed run draws a fresh shuffle instead of replaying the first batches of the data.
   batches, skip_stats = image_text.make_image_text_iterator(
       shards, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,

@@ -21,7 +21,7 @@ def test_dino_pseudo_masks_cluster_imagenet_normalised_tokens():
   module, params = load_dino(FIXTURE, num_heads=4)
   images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
   key = jax.random.key(5)
-  masks, valid = jax.jit(objective.make_pseudo_mask_fn(_cfg("dino"), 48, (module, params)))(images, key)
+  masks, valid = jax.jit(objective.make_pseudo_mask_fn(_cfg("dino"), 48, module))(images, key, params)
   assert masks.shape == (2, 3, 6, 6) and valid.shape == (2, 3)
   np.testing.assert_array_equal(np.sum(masks, axis=1), 1.0)
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

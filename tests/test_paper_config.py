@@ -48,7 +48,8 @@ def test_paper_train_step_runs_and_lowers_the_loss():
   # One device: the batch of 2 cannot split over the 8 fake devices the test session has.
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
   model, tx, schedule, state, shardings = train._build(config, mesh)
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, 224, train.pseudo_mask_dino(config.pseudo_masks))
+  dino, dino_params = train.pseudo_mask_dino(config.pseudo_masks)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, 224, dino)
   step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
   rng = np.random.default_rng(0)
   tokens = np.zeros((2, 77), np.int32)
@@ -57,6 +58,6 @@ def test_paper_train_step_runs_and_lowers_the_loss():
       {"image": rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8), "tokens": tokens}, mesh)
   losses = []
   for _ in range(4):
-    state, metrics = step(state, batch, jax.random.key(0))
+    state, metrics = step(state, batch, jax.random.key(0), dino_params)
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses

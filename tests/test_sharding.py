@@ -53,7 +53,7 @@ def runs(setup):
     state = jax.device_put(host_state, shardings)
     global_batch = sharding.host_batch_to_global(batch, mesh)
     step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
-    lowered[name] = (step.lower(state, global_batch, key), state, global_batch, shardings)
+    lowered[name] = (step.lower(state, global_batch, key, None), state, global_batch, shardings)
   # XLA compiles outside the GIL: the three meshes' steps compile side by side, with the same cheap
   # optimisation level for all (compile time dominates this test).
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
@@ -62,7 +62,7 @@ def runs(setup):
   for name, (_, state, global_batch, shardings) in lowered.items():
     metrics = []
     for _ in range(2):
-      state, m = compiled[name](state, global_batch, key)
+      state, m = compiled[name](state, global_batch, key, None)
       metrics.append(jax.device_get(m))
     out[name] = (metrics, state, shardings)
   return out

@@ -35,7 +35,7 @@ def _batches(config, n, seed=0):
 
 def _run(step_fn, state, batches, mesh, key):
   for batch in batches:
-    state, metrics = step_fn(state, sharding.host_batch_to_global(batch, mesh), key)
+    state, metrics = step_fn(state, sharding.host_batch_to_global(batch, mesh), key, None)
   return state, metrics
 
 

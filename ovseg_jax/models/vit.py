@@ -267,13 +267,20 @@ def load_dino(path: str | Path, *, num_heads: int | None = None, checkpoint_key:
   return DinoViT(**dataclasses.asdict(architecture), dtype=dtype), params
 
 
+DINO_SIZES = {"S/8": (8, 384, 6), "S/16": (16, 384, 6), "B/8": (8, 768, 12), "B/16": (16, 768, 12)}
+
+
+def dino_of_size(variant: str, dtype: DType = jnp.float32) -> DinoViT:
+  """The DINO ViT architecture of a released size ('S/8', 'S/16', 'B/8', 'B/16'), for 224 images."""
+  if variant not in DINO_SIZES:
+    raise ValueError(f"DINO variant {variant!r}: use one of {sorted(DINO_SIZES)}.")
+  patch, width, heads = DINO_SIZES[variant]
+  return DinoViT(patch, width, 12, heads, 4 * width, image_size=224, dtype=dtype)
+
+
 def random_dino(variant: str, seed: int = 0, dtype: DType = jnp.float32) -> tuple[DinoViT, dict]:
-  """A randomly initialised DINO ViT of a released size ('S/8', 'S/16', 'B/8', 'B/16'): the real pseudo-mask
-  cost for benchmarks and compile tests, meaningless pseudo masks. Selected by `dino_checkpoint='random:S/8'`."""
-  sizes = {"S/8": (8, 384, 6), "S/16": (16, 384, 6), "B/8": (8, 768, 12), "B/16": (16, 768, 12)}
-  if variant not in sizes:
-    raise ValueError(f"random DINO variant {variant!r}: use one of {sorted(sizes)}.")
-  patch, width, heads = sizes[variant]
-  module = DinoViT(patch, width, 12, heads, 4 * width, image_size=224, dtype=dtype)
+  """A randomly initialised DINO ViT of a released size: the real pseudo-mask cost for benchmarks and compile
+  tests, meaningless pseudo masks. Selected by `pseudo_masks.dino_checkpoint='random:S/8'`."""
+  module = dino_of_size(variant, dtype)
   params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, 224, 224, 3)))["params"]
   return module, params
