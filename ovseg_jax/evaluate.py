@@ -1,6 +1,10 @@
 r"""Evaluation: mIoU of an S-Seg checkpoint on a labelled split, beside baselines on the same images.
 
   python -m ovseg_jax.evaluate --config=configs/sseg_demo.py --workdir=/tmp/sseg_demo
+  python -m ovseg_jax.evaluate --config=configs/eval_suite.py:demo --checkpoint=/tmp/sseg_demo
+
+The first form re-runs a training config's own evaluation; the second applies evaluation protocols to
+several datasets (`ovseg_jax.eval_suite`).
 
 Loads the latest checkpoint in `workdir`, writes `results.json`, `results.md` and `overlays/` there.
 """
@@ -190,12 +194,26 @@ def write_results(results: dict[str, Any], workdir: Path) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  from ovseg_jax import cli, selftrain, train  # Deferred: keeps `import ovseg_jax.evaluate` light.
-  config, workdir = cli.CONFIG.value, Path(cli.WORKDIR.value).expanduser()
+  from absl import flags
+  from ovseg_jax import cli, eval_suite, selftrain, train  # Deferred: keeps `import ovseg_jax.evaluate` light.
+  config = cli.CONFIG.value
+  checkpoint = flags.FLAGS.checkpoint
+  if checkpoint:  # An eval config (protocols and datasets) applied to a training workdir.
+    if "datasets" not in config:
+      raise SystemExit(f"error: --checkpoint needs an evaluation config with `datasets` (e.g. "
+                       f"configs/eval_suite.py), not a training config.")
+    output = Path(flags.FLAGS.output).expanduser() if flags.FLAGS.output else None
+    eval_suite.run_suite(config, Path(checkpoint).expanduser(), output)
+    return
+  if not cli.WORKDIR.value:
+    raise SystemExit("error: give --workdir (with the training config) or --checkpoint (with an eval config).")
   trainer = selftrain if config.get("trainer") == "selftrain" else train
-  trainer.evaluate_checkpoint(config, workdir)
+  trainer.evaluate_checkpoint(config, Path(cli.WORKDIR.value).expanduser())
 
 
 if __name__ == "__main__":
+  from absl import flags
   from ovseg_jax import cli
-  cli.run(main)
+  flags.DEFINE_string("checkpoint", None, "Training workdir (or its checkpoints/) to evaluate with an eval config.")
+  flags.DEFINE_string("output", None, "Where results go; default CHECKPOINT/eval.")
+  cli.run(main, required=("config",))

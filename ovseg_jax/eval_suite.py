@@ -1,0 +1,225 @@
+r"""Evaluation protocols on labelled datasets: resize, sliding window, prompts, background rule, metrics.
+
+  python -m ovseg_jax.evaluate --config=configs/eval_suite.py --checkpoint=WORKDIR [--output=DIR]
+
+The checkpoint's own `config.json` rebuilds the model; every dataset of the eval config is read with
+`data_pipelines.eval_datasets`, each image resized to the protocol's short side and scored by sliding windows
+(or whole), and the per-pixel class is decided by the protocol's background rule:
+
+- `threshold`: background has no text embedding (unless synonyms give it one); pixels whose best class
+  score is below `background_threshold` are background (GroupViT's rule; its released values: VOC 0.95,
+  Pascal Context 0.35, COCO-Object 0.95). A negative threshold is chosen on `tune_split`.
+- `constant`: background scores a constant `background_score` everywhere and competes like a class.
+- `exclude`: the "without background" protocol: background pixels of the labels are ignored and background
+  is never predicted.
+- `none`: the dataset has no background class.
+
+Writes results.json, results.md (beside the published S-Seg numbers) and overlays per dataset.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from ovseg_jax import inference, metrics, progress, prompts, sliding_window, visualize
+
+BACKGROUND_MODES = ("threshold", "constant", "exclude", "none")
+# S-Seg's published mIoU (paper Table 2, trained on CC12M; S-Seg+ adds self-training), for reference only.
+PUBLISHED_SSEG = {"voc": 44.9, "context59": 22.9, "coco_object": 22.5}
+
+
+@dataclass(frozen=True)
+class Protocol:
+  short_side: int | None  # Resize so the shorter side has this many pixels; None keeps the image size.
+  window: int  # Sliding-window size (the whole image if it fits in one window).
+  stride: int
+  templates: tuple[str, ...]
+  background: str
+  background_threshold: float
+  background_score: float
+  decode: str
+  batch_size: int
+  synonyms: dict[str, tuple[str, ...]]
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> Protocol:
+    if cfg.background not in BACKGROUND_MODES:
+      raise ValueError(f"protocol.background={cfg.background!r}: use one of {BACKGROUND_MODES}.")
+    return cls(short_side=cfg.short_side or None, window=cfg.window, stride=cfg.stride,
+               templates=prompts.templates(cfg.templates), background=cfg.background,
+               background_threshold=cfg.background_threshold, background_score=cfg.background_score,
+               decode=cfg.decode, batch_size=cfg.batch_size,
+               synonyms={k: tuple(v) for k, v in dict(cfg.get("synonyms", {})).items()})
+
+
+def text_classes(class_names: tuple[str, ...], background_id: int | None, protocol: Protocol) -> list[int]:
+  """Dataset class ids that get text embeddings: all but background, unless synonyms name background."""
+  embed_background = protocol.background == "none" or (
+      protocol.background == "threshold" and class_names[background_id] in protocol.synonyms)
+  return [i for i in range(len(class_names)) if i != background_id or embed_background]
+
+
+def decide_labels(scores: np.ndarray, class_ids: list[int], background_id: int | None,
+                  protocol: Protocol, threshold: float) -> np.ndarray:
+  """scores [len(class_ids), H, W] -> dataset labels [H, W] by the protocol's background rule."""
+  best = np.asarray(class_ids)[np.argmax(scores, axis=0)]
+  if background_id is None or protocol.background in ("none", "exclude"):
+    return best.astype(np.int32)
+  top = np.max(scores, axis=0)
+  if protocol.background == "threshold":
+    return np.where(top < threshold, background_id, best).astype(np.int32)
+  return np.where(top < protocol.background_score, background_id, best).astype(np.int32)  # 'constant'
+
+
+def labels_for_metrics(label: np.ndarray, background_id: int | None, ignore_index: int,
+                       protocol: Protocol) -> np.ndarray:
+  """The "without background" protocol ignores background pixels; the others score them."""
+  if protocol.background == "exclude" and background_id is not None:
+    return np.where(label == background_id, ignore_index, label)
+  return label
+
+
+def _nearest_resize(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  if label.shape == hw:
+    return label
+  return np.asarray(Image.fromarray(label.astype(np.int32)).resize(hw[::-1], Image.NEAREST))
+
+
+class DatasetEvaluator:
+  """Scores images of any size with one compiled program per protocol (window x batch)."""
+
+  def __init__(self, model: Any, params: Any, class_names: tuple[str, ...], background_id: int | None,
+               protocol: Protocol, context_length: int):
+    self.protocol, self.background_id = protocol, background_id
+    self.class_ids = text_classes(class_names, background_id, protocol)
+    prompt_names, groups = inference.expand_synonyms([class_names[i] for i in self.class_ids], protocol.synonyms)
+    text = inference.class_text_embeddings(model, params, prompt_names, protocol.templates, context_length)
+    segmenter = inference.make_segmenter(model, protocol.decode)
+    groups = jnp.asarray(groups)
+    self._score = lambda windows: np.asarray(segmenter(params, windows, text, groups))
+
+  def scores(self, image: np.ndarray) -> np.ndarray:
+    """[len(class_ids), h, w] class scores at the protocol's resolution."""
+    p = self.protocol
+    if p.short_side:
+      image = sliding_window.resize_short_side(image, p.short_side)
+    return sliding_window.slide(self._score, image, len(self.class_ids), p.window, p.stride, p.batch_size)
+
+  def predict(self, image: np.ndarray, threshold: float) -> np.ndarray:
+    """Dataset labels [H, W] at the image's own size."""
+    labels = decide_labels(self.scores(image), self.class_ids, self.background_id, self.protocol, threshold)
+    return _nearest_resize(labels, image.shape[:2])
+
+
+def choose_threshold(evaluator: DatasetEvaluator, dataset: Any, candidates: np.ndarray | None = None) -> float:
+  """The background threshold with the best mIoU on a tuning split (never the reported one)."""
+  candidates = np.linspace(0.0, 1.0, 41) if candidates is None else candidates
+  info = dataset.info
+  confusions = np.zeros((len(candidates), info.num_classes, info.num_classes), np.int64)
+  for example in dataset:
+    scores = evaluator.scores(example.image)
+    for i, t in enumerate(candidates):
+      pred = _nearest_resize(decide_labels(scores, evaluator.class_ids, evaluator.background_id,
+                                           evaluator.protocol, t), example.label.shape)
+      confusions[i] += metrics.confusion_matrix(pred, example.label, info.num_classes, info.ignore_index)
+  return float(candidates[int(np.nanargmax([metrics.miou(c)[0] for c in confusions]))])
+
+
+def evaluate_dataset(evaluator: DatasetEvaluator, dataset: Any, threshold: float, out_dir: Path | None = None,
+                     num_overlays: int = 0) -> dict[str, Any]:
+  """Confusion over the whole split -> mIoU, per-class IoU, pixel accuracy, fwIoU, seen/unseen mIoU."""
+  info, protocol = dataset.info, evaluator.protocol
+  confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
+  shown_images, shown_preds, shown_labels = [], [], []
+  start = last = time.perf_counter()
+  for n, example in enumerate(dataset, 1):
+    pred = evaluator.predict(example.image, threshold)
+    label = labels_for_metrics(example.label, evaluator.background_id, info.ignore_index, protocol)
+    confusion += metrics.confusion_matrix(pred, label, info.num_classes, info.ignore_index)
+    if len(shown_images) < num_overlays:
+      shown_images.append(example.image)
+      shown_preds.append(pred)
+      shown_labels.append(np.where(label == info.ignore_index, 0, label))
+    if time.perf_counter() - last > 10 or n == len(dataset):
+      last = time.perf_counter()
+      rate = n / (last - start)
+      progress.log(f"{info.name}: {n}/{len(dataset)} images, {rate:.1f} img/s, "
+                   f"ETA {(len(dataset) - n) / rate / 60:.1f} min")
+  exclude = [evaluator.background_id] if protocol.background == "exclude" and evaluator.background_id is not None else []
+  results = metrics.summarize(confusion, list(info.class_names), exclude=exclude)
+  results.update(dataset=info.name, num_images=len(dataset), background=protocol.background,
+                 background_threshold=threshold, seconds=time.perf_counter() - start)
+  if info.unseen_classes:
+    ids = {name: i for i, name in enumerate(info.class_names)}
+    seen = metrics.miou_over(confusion, [ids[c] for c in info.seen_classes])
+    unseen = metrics.miou_over(confusion, [ids[c] for c in info.unseen_classes])
+    results.update(seen_miou=seen, unseen_miou=unseen, harmonic_miou=metrics.harmonic_mean(seen, unseen))
+  if out_dir is not None and shown_images:
+    for i, (image, pred, label) in enumerate(zip(shown_images, shown_preds, shown_labels)):
+      visualize.save_overlays(out_dir / "overlays", image[None], pred[None], label[None], list(info.class_names),
+                              prefix=f"{info.name}_{i:02d}", max_images=1)
+  return results
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+  rows = [{"dataset": r["dataset"], "images": r["num_images"], "background": r["background"],
+           "mIoU": 100 * r["miou"], "pixel acc": 100 * r["pixel_accuracy"], "fwIoU": 100 * r["fwiou"],
+           "h-mIoU (seen/unseen)": 100 * r["harmonic_miou"] if "harmonic_miou" in r else float("nan"),
+           "published S-Seg mIoU": PUBLISHED_SSEG.get(r["dataset"], float("nan"))} for r in results]
+  return visualize.markdown_table(rows, list(rows[0]), float_fmt="{:.1f}")
+
+
+def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, output: Path | None) -> list[dict]:
+  """Evaluates the latest checkpoint under `checkpoint_dir` on every dataset of `eval_config.datasets`."""
+  from data_pipelines import eval_datasets
+  from ovseg_jax import train
+  workdir = checkpoint_dir.parent if checkpoint_dir.name == "checkpoints" else checkpoint_dir
+  config_file = workdir / "config.json"
+  if not config_file.is_file():
+    raise FileNotFoundError(f"{config_file} is missing: --checkpoint must be a training workdir (with config.json "
+                            "and checkpoints/) written by `python -m ovseg_jax.main`.")
+  train_config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  if train_config.get("trainer") == "selftrain":
+    raise ValueError(f"{workdir} holds a self-training (UperNet) run: evaluate it with `python -m ovseg_jax.evaluate "
+                     "--config=configs/selftrain_demo.py --workdir=...`.")
+  model, params, step = train.restore_model(train_config, workdir)
+  output = output or workdir / "eval"
+  output.mkdir(parents=True, exist_ok=True)
+  all_results = []
+  for entry in eval_config.datasets:
+    protocol = Protocol.from_config(ml_collections.ConfigDict({**eval_config.protocol.to_dict(),
+                                                              **dict(entry.get("protocol", {}))}))
+    root = entry.root or _default_root(entry.name, train_config)
+    dataset = eval_datasets.load(entry.name, root, entry.split)
+    info = dataset.info
+    evaluator = DatasetEvaluator(model, params, info.class_names, info.background_index, protocol,
+                                 train_config.data.context_length)
+    threshold = protocol.background_threshold
+    if protocol.background == "threshold" and threshold < 0:
+      threshold = choose_threshold(evaluator, eval_datasets.load(entry.name, root, entry.tune_split))
+      progress.log(f"{info.name}: background threshold {threshold:.3f} chosen on split {entry.tune_split!r}")
+    results = evaluate_dataset(evaluator, dataset, threshold, output / info.name, eval_config.num_overlays)
+    results["step"] = step
+    all_results.append(results)
+  (output / "results.json").write_text(json.dumps(all_results, indent=2, default=float))
+  table = results_table(all_results)
+  (output / "results.md").write_text(f"# Evaluation of {workdir} at step {step}\n\n{table}\n\nPublished S-Seg "
+                                     "numbers (paper Table 2, CC12M) are for reference; other models and data "
+                                     "differ.\n")
+  print(f"evaluation of {workdir} at step {step}:\n{table}", flush=True)
+  return all_results
+
+
+def _default_root(name: str, train_config: ml_collections.ConfigDict) -> Path:
+  if name != "demo":
+    raise ValueError(f"datasets entry {name!r} has no root: set its `root` to the dataset directory.")
+  from ovseg_jax import evaluate
+  return Path(evaluate.demo_paths(train_config).eval_dir).parent

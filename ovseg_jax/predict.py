@@ -1,0 +1,118 @@
+r"""Segment your own images with your own words.
+
+  python -m ovseg_jax.predict --checkpoint=/tmp/sseg_demo --image=photo.jpg \
+      --classes="minion,tiger,background" --output=out.png
+  python -m ovseg_jax.predict --checkpoint=/tmp/sseg_demo --image=photos/ --classes=... --output=out_dir/
+
+Each image is resized so its short side is the model's training size times `--scale`, segmented with sliding
+windows of the training size, and written as an overlay with a legend; the share of the image each class
+covers is printed. A class named "background" wins where no other class scores above `--background_threshold`
+(or is embedded like any class with `--background=class`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from absl import flags
+from PIL import Image, UnidentifiedImageError
+
+from ovseg_jax import eval_suite, prompts, visualize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+  names = tuple(n.strip() for n in text.split(",") if n.strip())
+  if not names:
+    raise ValueError(f"--classes={text!r} names no class: give comma-separated names, e.g. "
+                     "--classes='cat,dog,background'.")
+  if len(set(names)) != len(names):
+    raise ValueError(f"--classes lists a name twice: {names}.")
+  return names
+
+
+def image_paths(path: Path) -> list[Path]:
+  if path.is_dir():
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+      raise FileNotFoundError(f"{path} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+    return found
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such image file or directory.")
+  return [path]
+
+
+def read_image(path: Path) -> np.ndarray:
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"{path} is not a readable image ({e}); give a JPEG or PNG file.") from e
+
+
+def class_areas(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+  """Share of the pixels of each predicted class, largest first."""
+  counts = np.bincount(labels.reshape(-1), minlength=len(class_names)) / labels.size
+  return {class_names[i]: float(counts[i]) for i in np.argsort(-counts) if counts[i] > 0}
+
+
+def make_evaluator(model, params, train_config: ml_collections.ConfigDict, class_names: tuple[str, ...],
+                   background: str, threshold: float, scale: float):
+  size = train_config.data.image_size
+  background_id = class_names.index("background") if "background" in class_names and background != "class" else None
+  protocol = eval_suite.Protocol(short_side=round(size * scale), window=size, stride=size // 2,
+                                 templates=prompts.templates("single"), background="threshold" if background_id
+                                 is not None else "none", background_threshold=threshold, background_score=0.0,
+                                 decode=train_config.eval.get("decode", "sum"), batch_size=8, synonyms={})
+  return eval_suite.DatasetEvaluator(model, params, class_names, background_id, protocol,
+                                     train_config.data.context_length)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  try:
+    run(flags.FLAGS)
+  except (ValueError, FileNotFoundError) as e:  # Bad input: one clear line, no traceback.
+    raise SystemExit(f"error: {e}") from None
+
+
+def run(f: flags.FlagValues) -> None:
+  from ovseg_jax import train
+  class_names = parse_classes(f.classes)
+  paths = image_paths(Path(f.image).expanduser())
+  workdir = Path(f.checkpoint).expanduser()
+  workdir = workdir.parent if workdir.name == "checkpoints" else workdir
+  if not (workdir / "config.json").is_file():
+    raise FileNotFoundError(f"{workdir / 'config.json'} is missing: --checkpoint must be a training workdir.")
+  train_config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  model, params, step = train.restore_model(train_config, workdir)
+  evaluator = make_evaluator(model, params, train_config, class_names, f.background, f.background_threshold,
+                             f.scale)
+  output = Path(f.output).expanduser()
+  many = len(paths) > 1 or output.suffix == ""
+  if many:
+    output.mkdir(parents=True, exist_ok=True)
+  for path in paths:
+    image = read_image(path)
+    labels = evaluator.predict(image, f.background_threshold)
+    target = output / f"{path.stem}.png" if many else output
+    target.parent.mkdir(parents=True, exist_ok=True)
+    visualize.overlay_panel(image, labels, None, list(class_names)).save(target)
+    areas = ", ".join(f"{name} {share:.1%}" for name, share in class_areas(labels, class_names).items())
+    print(f"{path} -> {target}: {areas}", flush=True)
+
+
+if __name__ == "__main__":
+  from ovseg_jax import cli
+  flags.DEFINE_string("checkpoint", None, "Training workdir (with config.json and checkpoints/).")
+  flags.DEFINE_string("image", None, "An image file or a directory of images.")
+  flags.DEFINE_string("classes", None, "Comma-separated class names, e.g. 'minion,tiger,background'.")
+  flags.DEFINE_string("output", None, "Output PNG (one image) or directory.")
+  flags.DEFINE_float("background_threshold", 0.5, "Pixels whose best class scores below this are background.")
+  flags.DEFINE_enum("background", "threshold", ["threshold", "class"],
+                    "'threshold': background wins below the threshold; 'class': embed it like any class.")
+  flags.DEFINE_float("scale", 2.0, "Short side of the resized image, in training image sizes.")
+  cli.run(main, required=("checkpoint", "image", "classes", "output"))

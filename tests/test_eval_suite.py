@@ -1,0 +1,168 @@
+"""Evaluation protocols: sliding windows, background rules, seen/unseen metrics, the suite and predict commands."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+from configs import eval_suite as eval_suite_config
+from configs import sseg_demo
+from data_pipelines.eval_datasets import DatasetInfo, Example
+from ovseg_jax import eval_suite, metrics, predict, prompts, sliding_window, train
+
+
+def _protocol(**kw):
+  base = dict(short_side=None, window=8, stride=4, templates=prompts.SINGLE, background="threshold",
+              background_threshold=0.5, background_score=0.3, decode="sum", batch_size=3, synonyms={})
+  return eval_suite.Protocol(**{**base, **kw})
+
+
+@pytest.mark.parametrize("length,window,stride", [(10, 4, 3), (8, 8, 4), (5, 8, 4), (23, 7, 5), (448, 448, 224)])
+def test_window_starts_follow_mmseg_grid(length, window, stride):
+  grids = max(length - window + stride - 1, 0) // stride + 1  # mmseg's slide_inference
+  expected = [max(min(i * stride, length - window), 0) for i in range(grids)]
+  assert sliding_window.window_starts(length, window, stride) == expected
+
+
+def _window_scores(batch):
+  """A score map that depends on the whole window (its mean), so overlaps really differ."""
+  x = batch.astype(np.float32)
+  return np.stack([x[..., 0] + x.mean(axis=(1, 2, 3))[:, None, None], x[..., 1]], axis=1)
+
+
+def test_slide_averages_overlapping_windows_like_a_direct_reference():
+  image = np.random.default_rng(0).integers(0, 255, (11, 13, 3), dtype=np.uint8)
+  out = sliding_window.slide(_window_scores, image, 2, window=6, stride=4, batch_size=3)
+  total, count = np.zeros((2, 11, 13)), np.zeros((11, 13))
+  for y in (0, 4, 5):  # Starts on an 11-pixel axis: every 4, the last flush with the end.
+    for x in (0, 4, 7):
+      crop = image[y:y + 6, x:x + 6]
+      total[:, y:y + 6, x:x + 6] += _window_scores(crop[None])[0]
+      count[y:y + 6, x:x + 6] += 1
+  np.testing.assert_allclose(out, total / count, rtol=1e-6)
+
+
+def test_one_window_covering_the_image_equals_whole_image_inference():
+  image = np.random.default_rng(1).integers(0, 255, (6, 5, 3), dtype=np.uint8)
+  padded = np.zeros((8, 8, 3), np.uint8)
+  padded[:6, :5] = image
+  out = sliding_window.slide(_window_scores, image, 2, window=8, stride=4, batch_size=2)
+  np.testing.assert_allclose(out, _window_scores(padded[None])[0][:, :6, :5], rtol=1e-6)
+
+
+def test_background_rules_on_constructed_scores():
+  scores = np.array([[[0.9, 0.2, 0.4]], [[0.1, 0.3, 0.45]]])  # classes 1 and 2 of a dataset, background 0
+  ids = [1, 2]
+  threshold = eval_suite.decide_labels(scores, ids, 0, _protocol(background="threshold"), 0.35)
+  np.testing.assert_array_equal(threshold, [[1, 0, 2]])
+  constant = eval_suite.decide_labels(scores, ids, 0, _protocol(background="constant", background_score=0.42), 0.0)
+  np.testing.assert_array_equal(constant, [[1, 0, 2]])
+  exclude = eval_suite.decide_labels(scores, ids, 0, _protocol(background="exclude"), 0.99)
+  np.testing.assert_array_equal(exclude, [[1, 2, 2]])
+  label = np.array([[0, 1, 2]])
+  np.testing.assert_array_equal(eval_suite.labels_for_metrics(label, 0, 255, _protocol(background="exclude")),
+                                [[255, 1, 2]])
+  np.testing.assert_array_equal(eval_suite.labels_for_metrics(label, 0, 255, _protocol()), label)
+  assert eval_suite.text_classes(("background", "a", "b"), 0, _protocol()) == [1, 2]
+  assert eval_suite.text_classes(("background", "a"), 0, _protocol(synonyms={"background": ("sky",)})) == [0, 1]
+
+
+class _Dataset:
+  def __init__(self, info, examples):
+    self.info, self._examples = info, examples
+
+  def __len__(self):
+    return len(self._examples)
+
+  def __iter__(self):
+    return iter(self._examples)
+
+
+def test_seen_unseen_and_ignore_in_dataset_metrics():
+  info = DatasetInfo("toy", ("background", "cat", "dog", "cow"), background_class="background",
+                     unseen_classes=("cow",))
+  rng = np.random.default_rng(2)
+  labels = [rng.integers(0, 4, (7, 9)) for _ in range(3)]
+  labels[0][0, :4] = 255
+  examples = [Example(f"k{i}", np.zeros((7, 9, 3), np.uint8), lab) for i, lab in enumerate(labels)]
+  # A predictor that confuses cows with dogs half of the time.
+  preds = [np.where((lab == 3) & (rng.random(lab.shape) < 0.5), 2, np.where(lab == 255, 1, lab)).astype(np.int32)
+           for lab in labels]
+  it = iter(preds)
+  evaluator = SimpleNamespace(protocol=_protocol(), background_id=0, predict=lambda image, t: next(it))
+  results = eval_suite.evaluate_dataset(evaluator, _Dataset(info, examples), 0.5)
+  confusion = np.zeros((4, 4), np.int64)
+  for p, lab in zip(preds, labels):
+    keep = lab != 255
+    np.add.at(confusion, (lab[keep], p[keep]), 1)
+  iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+  assert results["miou"] == pytest.approx(iou.mean())
+  assert results["seen_miou"] == pytest.approx(iou[1:3].mean()) and results["unseen_miou"] == pytest.approx(iou[3])
+  s, u = iou[1:3].mean(), iou[3]
+  assert results["harmonic_miou"] == pytest.approx(2 * s * u / (s + u))
+  assert results["fwiou"] == pytest.approx(metrics.frequency_weighted_iou(confusion))
+
+
+def test_prompt_sets():
+  assert len(prompts.templates("vild")) == 14 and prompts.templates("single") == ("a photo of a {}.",)
+  with pytest.raises(ValueError, match="unknown prompt set 'vlid'"):
+    prompts.templates("vlid")
+  with pytest.raises(ValueError, match="exactly one"):
+    prompts.templates(("a photo.",))
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("suite")
+  config = sseg_demo.get_config("tiny")
+  config.data.demo_root = str(root / "demo")
+  train.train_and_evaluate(config, root / "run")
+  return root / "run"
+
+
+def test_suite_on_a_demo_checkpoint_writes_results_table_and_overlays(demo_workdir, tmp_path):
+  config = eval_suite_config.get_config("demo")
+  config.protocol.update(short_side=48, window=32, stride=16, batch_size=4)  # Three windows per image.
+  results = eval_suite.run_suite(config, demo_workdir / "checkpoints", tmp_path / "out")
+  saved = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert saved[0]["dataset"] == "demo" and saved[0]["num_images"] == 16 and results[0]["step"] == 6
+  assert 0.0 <= saved[0]["miou"] <= 1.0 and 0.0 <= saved[0]["background_threshold"] <= 1.0
+  assert "| demo |" in (tmp_path / "out" / "results.md").read_text()
+  assert len(list((tmp_path / "out" / "demo" / "overlays").glob("*.png"))) == config.num_overlays
+
+
+def test_suite_refuses_a_directory_without_training_config(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    eval_suite.run_suite(eval_suite_config.get_config("demo"), tmp_path, None)
+
+
+def test_predict_writes_overlays_for_a_user_vocabulary(demo_workdir, tmp_path, capsys):
+  images = tmp_path / "images"
+  images.mkdir()
+  rng = np.random.default_rng(3)
+  for name, size in (("a.jpg", (50, 70)), ("b.png", (64, 64))):
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / name)
+  (images / "notes.txt").write_text("not an image")
+  args = SimpleNamespace(classes="minion, tiger,background", image=str(images), checkpoint=str(demo_workdir),
+                         output=str(tmp_path / "out"), background="threshold", background_threshold=0.3, scale=1.0)
+  predict.run(args)
+  written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+  assert written == ["a.png", "b.png"]
+  printed = capsys.readouterr().out
+  assert printed.count("->") == 2 and "%" in printed
+  with pytest.raises(ValueError, match="names no class"):
+    predict.parse_classes(" , ")
+  (images / "c.jpg").write_text("garbage")
+  with pytest.raises(ValueError, match="c.jpg is not a readable image"):
+    predict.run(SimpleNamespace(**{**vars(args), "image": str(images / "c.jpg")}))
+
+
+def test_class_areas_sum_to_one():
+  areas = predict.class_areas(np.array([[0, 1, 1, 2]]), ("a", "b", "c"))
+  assert list(areas) == ["b", "a", "c"] and sum(areas.values()) == pytest.approx(1.0)
+
+
+def test_flags_are_not_defined_by_importing_the_modules():
+  assert "checkpoint" not in flags.FLAGS  # Defined only when run as commands, so entry points do not clash.
