@@ -200,8 +200,8 @@ def main(argv: Sequence[str]) -> None:
   checkpoint = flags.FLAGS.checkpoint
   if checkpoint:  # An eval config (protocols and datasets) applied to a training workdir.
     if "datasets" not in config:
-      raise SystemExit(f"error: --checkpoint needs an evaluation config with `datasets` (e.g. "
-                       f"configs/eval_suite.py), not a training config.")
+      raise SystemExit("error: --checkpoint needs an evaluation config with `datasets` (e.g. "
+                       "configs/eval_suite.py), not a training config.")
     output = Path(flags.FLAGS.output).expanduser() if flags.FLAGS.output else None
     eval_suite.run_suite(config, Path(checkpoint).expanduser(), output)
     return
