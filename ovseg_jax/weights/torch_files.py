@@ -79,12 +79,22 @@ _SAFE_GLOBALS = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickles tensors and plain containers only; storages are read from the zip archive."""
+class ScriptObject:
+  """A module of a TorchScript archive, rebuilt as data: its pickled attributes, nothing callable."""
 
-  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, byteorder: str):
+  def __setstate__(self, state: Any) -> None:
+    self.attributes = state if isinstance(state, dict) else {}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Unpickles tensors and plain containers only (plus, for TorchScript archives, module objects as
+  `ScriptObject` attribute holders); storages are read from the zip archive."""
+
+  def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, byteorder: str,
+               script_modules: bool = False):
     super().__init__(io.BytesIO(data))
     self._archive, self._prefix, self._byteorder = archive, prefix, byteorder
+    self._script_modules = script_modules
     self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module: str, name: str) -> Any:
@@ -92,6 +102,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _StorageType(_STORAGE_DTYPES[name])
     if (module, name) in _SAFE_GLOBALS:
       return _SAFE_GLOBALS[(module, name)]
+    if self._script_modules and module.startswith("__torch__"):
+      return ScriptObject
+    if self._script_modules and (module, name) == ("torch.jit._pickle", "restore_type_tag"):
+      return lambda obj, type_tag: obj
     raise pickle.UnpicklingError(
         f"it pickles `{module}.{name}`, which is neither a tensor nor a plain container; reading it could "
         "run arbitrary code. Load the file once with torch and re-save only the weights: "
@@ -111,7 +125,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._storages[key]
 
 
-def _load_torch_zip(path: Path) -> Any:
+def _load_torch_zip(path: Path, script_modules: bool = False) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
     if not pickles:
@@ -121,8 +135,42 @@ def _load_torch_zip(path: Path) -> Any:
     names = set(archive.namelist())
     byteorder = (archive.read(f"{prefix}byteorder").decode().strip()
                  if f"{prefix}byteorder" in names else "little")
-    unpickler = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix, byteorder)
+    unpickler = _RestrictedUnpickler(archive.read(pickles[0]), archive, prefix, byteorder, script_modules)
     return unpickler.load()
+
+
+def is_torchscript(path: str | Path) -> bool:
+  """Whether a zip archive was written by torch.jit.save (it holds the modules' code)."""
+  try:
+    with zipfile.ZipFile(path) as archive:
+      return any("/code/" in n for n in archive.namelist())
+  except zipfile.BadZipFile:
+    return False
+
+
+def _flatten_script_object(obj: Any, prefix: str, out: dict[str, np.ndarray]) -> None:
+  for name, value in obj.attributes.items():
+    if isinstance(value, np.ndarray):
+      out[prefix + name] = value
+    elif isinstance(value, ScriptObject):
+      _flatten_script_object(value, f"{prefix}{name}.", out)
+
+
+def load_torchscript_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+  """The tensors of a TorchScript archive (e.g. OpenAI's CLIP `.pt` files) keyed like `state_dict()`,
+  read as data: the archive's code is never run."""
+  path = Path(path)
+  try:
+    root = _load_torch_zip(path, script_modules=True)
+  except (zipfile.BadZipFile, EOFError, zlib.error, KeyError, _CorruptError) as e:
+    raise ValueError(f"{path}: a damaged or truncated TorchScript archive ({e}); download it again.") from e
+  except pickle.UnpicklingError as e:
+    raise ValueError(f"{path}: {e}.") from e
+  if not isinstance(root, ScriptObject):
+    raise ValueError(f"{path}: expected a TorchScript module at the archive's root, found {type(root).__name__}.")
+  out: dict[str, np.ndarray] = {}
+  _flatten_script_object(root, "", out)
+  return out
 
 
 def load_torch_file(path: str | Path) -> Any:

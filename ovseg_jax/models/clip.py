@@ -1,0 +1,178 @@
+"""CLIP (ViT image tower + causal text tower) in Flax, laid out like OpenAI's model so released weights map
+one to one, and `load_clip` for the files users have.
+
+`encode_image` and `encode_text` give the projected (not normalised) embeddings of the PyTorch model;
+`encode_dense` gives one embedding per patch for mask pooling: the last block's attention is replaced by its
+value path (each token attends only to itself, so its output is out_proj(v_proj(x))), as MaskCLIP does,
+because the last layer's query/key were trained only to pool into the class token.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ovseg_jax.models.layers import DType
+from ovseg_jax.models.vit import bicubic_resize_matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipArchitecture:
+  embed_dim: int
+  image_size: int
+  patch_size: int
+  vision_width: int
+  vision_layers: int
+  vision_heads: int
+  context_length: int
+  vocab_size: int
+  text_width: int
+  text_layers: int
+  text_heads: int
+  activation: str = "quick_gelu"  # OpenAI's; some open_clip and Hugging Face models use exact "gelu".
+  layer_norm_eps: float = 1e-5
+
+
+def _activation(name: str):
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  if name == "gelu":
+    return lambda x: nn.gelu(x, approximate=False)
+  raise ValueError(f"CLIP activation {name!r}: use 'quick_gelu' or 'gelu'.")
+
+
+class ResidualAttentionBlock(nn.Module):
+  """x + attn(ln_1(x)), then x + mlp(ln_2(x)); attention with a fused in_proj as in torch's MultiheadAttention."""
+  num_heads: int
+  activation: str
+  eps: float
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, value_path: bool = False) -> jax.Array:
+    b, n, width = x.shape
+    head_dim = width // self.num_heads
+    y = nn.LayerNorm(self.eps, dtype=self.dtype, name="ln_1")(x)
+    q, k, v = jnp.split(nn.Dense(3 * width, dtype=self.dtype, name="in_proj")(y), 3, axis=-1)
+    if value_path:
+      attended = v
+    else:
+      split = lambda t: t.reshape(b, n, self.num_heads, head_dim)
+      logits = jnp.einsum("bqhd,bkhd->bhqk", split(q) * head_dim ** -0.5, split(k)).astype(jnp.float32)
+      if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      attended = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, n, width)
+    x = x + nn.Dense(width, dtype=self.dtype, name="out_proj")(attended)
+    y = nn.Dense(4 * width, dtype=self.dtype, name="c_fc")(nn.LayerNorm(self.eps, dtype=self.dtype, name="ln_2")(x))
+    return x + nn.Dense(width, dtype=self.dtype, name="c_proj")(_activation(self.activation)(y))
+
+
+class VisionTransformer(nn.Module):
+  a: ClipArchitecture
+  dtype: DType = jnp.float32
+
+  def setup(self):
+    a = self.a
+    self.conv1 = nn.Conv(a.vision_width, (a.patch_size,) * 2, strides=(a.patch_size,) * 2, padding="VALID",
+                         use_bias=False, dtype=self.dtype)
+    grid = a.image_size // a.patch_size
+    self.class_embedding = self.param("class_embedding", nn.initializers.normal(0.02), (a.vision_width,))
+    self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
+                                           (1 + grid * grid, a.vision_width))
+    self.ln_pre = nn.LayerNorm(a.layer_norm_eps, dtype=self.dtype)
+    self.blocks = [ResidualAttentionBlock(a.vision_heads, a.activation, a.layer_norm_eps, self.dtype,
+                                          name=f"resblocks_{i}") for i in range(a.vision_layers)]
+    self.ln_post = nn.LayerNorm(a.layer_norm_eps, dtype=self.dtype)
+    self.proj = self.param("proj", nn.initializers.normal(a.vision_width ** -0.5), (a.vision_width, a.embed_dim))
+
+  def _positions(self, h: int, w: int) -> jax.Array:
+    """Class + patch positions, the patch grid resized bicubically for other image sizes."""
+    grid = self.a.image_size // self.a.patch_size
+    pos = self.positional_embedding
+    if (h, w) == (grid, grid):
+      return pos
+    patch = pos[1:].reshape(grid, grid, -1)
+    patch = jnp.einsum("ia,abc,jb->ijc", jnp.asarray(bicubic_resize_matrix(grid, h)), patch,
+                       jnp.asarray(bicubic_resize_matrix(grid, w)), precision=jax.lax.Precision.HIGHEST)
+    return jnp.concatenate([pos[:1], patch.reshape(h * w, -1)], axis=0)
+
+  def __call__(self, images: jax.Array, dense: bool = False) -> jax.Array:
+    """images [B, H, W, 3] CLIP-normalised -> [B, embed_dim], or with `dense` [B, h, w, embed_dim]."""
+    x = self.conv1(images.astype(self.dtype))
+    b, h, w, c = x.shape
+    cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (b, 1, c))
+    x = jnp.concatenate([cls, x.reshape(b, h * w, c)], axis=1) + self._positions(h, w).astype(x.dtype)
+    x = self.ln_pre(x)
+    for i, block in enumerate(self.blocks):
+      x = block(x, value_path=dense and i == len(self.blocks) - 1)
+    if dense:
+      return (self.ln_post(x[:, 1:]) @ self.proj.astype(x.dtype)).reshape(b, h, w, -1)
+    return self.ln_post(x[:, 0]) @ self.proj.astype(x.dtype)
+
+
+class TextTransformer(nn.Module):
+  a: ClipArchitecture
+  dtype: DType = jnp.float32
+
+  def setup(self):
+    a = self.a
+    self.token_embedding = nn.Embed(a.vocab_size, a.text_width, dtype=self.dtype)
+    self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
+                                           (a.context_length, a.text_width))
+    self.blocks = [ResidualAttentionBlock(a.text_heads, a.activation, a.layer_norm_eps, self.dtype,
+                                          name=f"resblocks_{i}") for i in range(a.text_layers)]
+    self.ln_final = nn.LayerNorm(a.layer_norm_eps, dtype=self.dtype)
+    self.text_projection = self.param("text_projection", nn.initializers.normal(a.text_width ** -0.5),
+                                      (a.text_width, a.embed_dim))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    """tokens int [B, L] (L <= context_length; end of text = the largest id) -> [B, embed_dim]."""
+    n = tokens.shape[1]
+    x = self.token_embedding(tokens) + self.positional_embedding[:n].astype(self.dtype)
+    causal = jnp.tril(jnp.ones((n, n), bool))[None, None]
+    for block in self.blocks:
+      x = block(x, mask=causal)
+    x = self.ln_final(x)
+    eot = x[jnp.arange(x.shape[0]), jnp.argmax(tokens, axis=-1)]
+    return eot @ self.text_projection.astype(x.dtype)
+
+
+class CLIP(nn.Module):
+  """`apply(..., images, method='encode_image')`, `method='encode_text'`, `method='encode_dense'`."""
+  architecture: ClipArchitecture
+  dtype: DType = jnp.float32
+
+  def setup(self):
+    self.visual = VisionTransformer(self.architecture, self.dtype)
+    self.text = TextTransformer(self.architecture, self.dtype)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(jnp.log(1 / 0.07)), ())
+
+  def encode_image(self, images: jax.Array) -> jax.Array:
+    return self.visual(images)
+
+  def encode_dense(self, images: jax.Array) -> jax.Array:
+    return self.visual(images, dense=True)
+
+  def encode_text(self, tokens: jax.Array) -> jax.Array:
+    return self.text(tokens)
+
+  def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.encode_image(images), self.encode_text(tokens)
+
+
+def load_clip(path: str | Path, *, activation: str | None = None,
+              dtype: DType = jnp.float32) -> tuple[CLIP, dict]:
+  """A CLIP and its params from an OpenAI `.pt` (TorchScript or state dict), an open_clip `.bin` /
+  `.pth` / `.safetensors`, or a Hugging Face CLIPModel directory. Use as
+  `module.apply({'params': params}, images, method='encode_image')`.
+
+  open_clip state dicts do not record the activation: it is read from an `open_clip_config.json` beside the
+  file, else must be given (`activation='quick_gelu'` for OpenAI-trained weights, 'gelu' for most others).
+  """
+  from ovseg_jax.weights import clip as clip_weights
+  architecture, params = clip_weights.read_clip(Path(path), activation=activation)
+  return CLIP(architecture, dtype), params
