@@ -4,6 +4,9 @@ background by GroupViT's thresholds (VOC 0.95, Pascal Context 0.35, COCO-Object 
   python -m ovseg_jax.evaluate --config=configs/eval_suite.py --checkpoint=WORKDIR \
       --config.datasets.0.root=/data/VOCdevkit/VOC2012 ...
 
+With `--config.clip.checkpoint=ViT-B-16.pt --config.classifiers="('learned','clip_crop','ensemble:ovseg_voc')"`
+masks are also classified by CLIP and the scores ensembled (`ovseg_jax/classify.py`).
+
 Variants: `vild` averages the 14 ViLD templates; `without_background` ignores background pixels (the
 "without background" protocol of MaskCLIP-style papers); `demo` evaluates the embedded demo's held-out split.
 Dataset names and layouts: `data_pipelines.eval_datasets`.
@@ -35,6 +38,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.protocol = protocol()
   c.datasets = [dataset("voc", 0.95), dataset("context59", 0.35), dataset("coco_object", 0.95)]
   c.num_overlays = 4
+  # 'learned' (the segmenter's own mask classes), 'clip_crop', 'clip_dense', or 'ensemble:NAME' with NAME one of
+  # ovseg_ade, ovseg_context, ovseg_voc, maft, ebseg (published weights, ovseg_jax/ensembles.py). Each listed
+  # classifier gets its own row in the results table.
+  c.classifiers = ("learned",)
+  c.clip = ml_collections.ConfigDict(dict(
+      checkpoint="",  # OpenAI .pt, open_clip file or Hugging Face directory (ViT-B/16 in the papers).
+      activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
+      crop_size=0,  # 0: the CLIP's own input size.
+      mask_threshold=0.5,
+      seen_classes=()))
   if variant == "vild":
     c.protocol.templates = "vild"
   if variant == "without_background":

@@ -81,3 +81,44 @@ def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: A
   weights = jax.nn.sigmoid(jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *grid), "bilinear"))
   pooled = jnp.einsum("bnhw,bhwd->bnd", weights, dense) / (jnp.sum(weights, axis=(-2, -1))[..., None] + 1e-6)
   return class_probs(pooled, text_embeddings)
+
+
+def classifier_names() -> list[str]:
+  from ovseg_jax import ensembles
+  return ["learned", "clip_crop", "clip_dense"] + [f"ensemble:{name}" for name in sorted(ensembles.PUBLISHED)]
+
+
+def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, name_groups: Array, seen: Array,
+                      crop_size: int, threshold: float = 0.5, crops_per_call: int = 32):
+  """`fn(p_seg [B,N,C], images [B,H,W,3] CLIP-normalised, mask_logits [B,N,h,w]) -> scores [B,N,C]` for a
+  classifier named in `classifier_names()`, or None for 'learned' (the segmenter's own probabilities).
+
+  CLIP scores cover the same names as the segmenter's (`clip_text` [names, D]), summed per class with
+  `name_groups` [names, C]. Ensembles: OVSeg and MAFT combine the segmenter with masked-crop CLIP; EBSeg's
+  three sources are the segmenter (A), masked crops (B) and mask-pooled dense features (D).
+  """
+  from ovseg_jax import ensembles
+  if name == "learned":
+    return None
+  if name not in classifier_names():
+    raise ValueError(f"classifier {name!r}: use one of {classifier_names()}.")
+
+  def crop(images, mask_logits):
+    return crop_class_probs(clip, clip_params, images, mask_logits, clip_text, crop_size, threshold,
+                            crops_per_call) @ name_groups
+
+  def dense(images, mask_logits):
+    return dense_class_probs(clip, clip_params, images, mask_logits, clip_text) @ name_groups
+
+  if name == "clip_crop":
+    return lambda p_seg, images, mask_logits: crop(images, mask_logits)
+  if name == "clip_dense":
+    return lambda p_seg, images, mask_logits: dense(images, mask_logits)
+  spec = ensembles.PUBLISHED[name.removeprefix("ensemble:")]
+  if spec.method == "ovseg":
+    return lambda p_seg, images, mask_logits: ensembles.ovseg(p_seg, crop(images, mask_logits), spec.weight)
+  if spec.method == "maft":
+    return lambda p_seg, images, mask_logits: ensembles.maft(p_seg, crop(images, mask_logits), seen, spec.weight)
+  return lambda p_seg, images, mask_logits: ensembles.ebseg(p_seg, crop(images, mask_logits),
+                                                            dense(images, mask_logits), seen, spec.alpha,
+                                                            spec.beta, spec.gamma)

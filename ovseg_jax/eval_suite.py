@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ovseg_jax import inference, metrics, progress, prompts, sliding_window, visualize
+from ovseg_jax import classify, inference, metrics, progress, prompts, sliding_window, visualize
 
 BACKGROUND_MODES = ("threshold", "constant", "exclude", "none")
 # S-Seg's published mIoU (paper Table 2, trained on CC12M; S-Seg+ adds self-training), for reference only.
@@ -93,17 +93,37 @@ def _nearest_resize(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return np.asarray(Image.fromarray(label.astype(np.int32)).resize(hw[::-1], Image.NEAREST))
 
 
+@dataclass(frozen=True)
+class ClipSetup:
+  """A loaded CLIP and how it classifies masks (`ovseg_jax.classify`)."""
+  module: Any
+  params: Any
+  crop_size: int
+  mask_threshold: float = 0.5
+  seen_classes: tuple[str, ...] = ()  # The training vocabulary's classes (none for S-Seg).
+
+
 class DatasetEvaluator:
   """Scores images of any size with one compiled program per protocol (window x batch)."""
 
   def __init__(self, model: Any, params: Any, class_names: tuple[str, ...], background_id: int | None,
-               protocol: Protocol, context_length: int):
+               protocol: Protocol, context_length: int, classifier: str = "learned", clip: ClipSetup | None = None):
+    if classifier != "learned" and clip is None:
+      raise ValueError(f"classifier {classifier!r} needs a CLIP: set clip.checkpoint in the eval config.")
     self.protocol, self.background_id = protocol, background_id
     self.class_ids = text_classes(class_names, background_id, protocol)
-    prompt_names, groups = inference.expand_synonyms([class_names[i] for i in self.class_ids], protocol.synonyms)
+    names = [class_names[i] for i in self.class_ids]
+    prompt_names, groups = inference.expand_synonyms(names, protocol.synonyms)
     text = inference.class_text_embeddings(model, params, prompt_names, protocol.templates, context_length)
-    segmenter = inference.make_segmenter(model, protocol.decode)
     groups = jnp.asarray(groups)
+    reclassify = None
+    if classifier != "learned":
+      clip_text = inference.class_text_embeddings(clip.module, clip.params, prompt_names, protocol.templates,
+                                                  clip.module.architecture.context_length)
+      seen = jnp.asarray([n in clip.seen_classes for n in names])
+      reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, groups, seen,
+                                              clip.crop_size, clip.mask_threshold)
+    segmenter = inference.make_segmenter(model, protocol.decode, reclassify)
     self._score = lambda windows: np.asarray(segmenter(params, windows, text, groups))
 
   def scores(self, image: np.ndarray) -> np.ndarray:
@@ -170,15 +190,28 @@ def evaluate_dataset(evaluator: DatasetEvaluator, dataset: Any, threshold: float
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-  rows = [{"dataset": r["dataset"], "images": r["num_images"], "background": r["background"],
-           "mIoU": 100 * r["miou"], "pixel acc": 100 * r["pixel_accuracy"], "fwIoU": 100 * r["fwiou"],
+  rows = [{"dataset": r["dataset"], "classifier": r.get("classifier", "learned"), "images": r["num_images"],
+           "background": r["background"], "mIoU": 100 * r["miou"], "pixel acc": 100 * r["pixel_accuracy"],
+           "fwIoU": 100 * r["fwiou"],
            "h-mIoU (seen/unseen)": 100 * r["harmonic_miou"] if "harmonic_miou" in r else float("nan"),
            "published S-Seg mIoU": PUBLISHED_SSEG.get(r["dataset"], float("nan"))} for r in results]
   return visualize.markdown_table(rows, list(rows[0]), float_fmt="{:.1f}")
 
 
-def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, output: Path | None) -> list[dict]:
-  """Evaluates the latest checkpoint under `checkpoint_dir` on every dataset of `eval_config.datasets`."""
+def load_clip_setup(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
+  """The eval config's `clip` section -> a loaded CLIP, or None without a checkpoint."""
+  if not cfg.get("checkpoint"):
+    return None
+  from ovseg_jax.models.clip import load_clip
+  module, params = load_clip(Path(cfg.checkpoint).expanduser(), activation=cfg.get("activation") or None)
+  return ClipSetup(module, params, cfg.get("crop_size") or module.architecture.image_size,
+                   cfg.get("mask_threshold", 0.5), tuple(cfg.get("seen_classes", ())))
+
+
+def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, output: Path | None,
+              clip: ClipSetup | None = None) -> list[dict]:
+  """Evaluates the latest checkpoint under `checkpoint_dir` on every dataset of `eval_config.datasets`, with
+  every classifier of `eval_config.classifiers` (CLIP from `eval_config.clip`, or `clip` when given)."""
   from data_pipelines import eval_datasets
   from ovseg_jax import train
   workdir = checkpoint_dir.parent if checkpoint_dir.name == "checkpoints" else checkpoint_dir
@@ -190,6 +223,8 @@ def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, outp
   if train_config.get("trainer") == "selftrain":
     raise ValueError(f"{workdir} holds a self-training (UperNet) run: evaluate it with `python -m ovseg_jax.evaluate "
                      "--config=configs/selftrain_demo.py --workdir=...`.")
+  classifiers = tuple(eval_config.get("classifiers", ("learned",)))
+  clip = clip or load_clip_setup(eval_config.get("clip", ml_collections.ConfigDict()))
   model, params, step = train.restore_model(train_config, workdir)
   output = output or workdir / "eval"
   output.mkdir(parents=True, exist_ok=True)
@@ -200,15 +235,18 @@ def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, outp
     root = entry.root or _default_root(entry.name, train_config)
     dataset = eval_datasets.load(entry.name, root, entry.split)
     info = dataset.info
-    evaluator = DatasetEvaluator(model, params, info.class_names, info.background_index, protocol,
-                                 train_config.data.context_length)
-    threshold = protocol.background_threshold
-    if protocol.background == "threshold" and threshold < 0:
-      threshold = choose_threshold(evaluator, eval_datasets.load(entry.name, root, entry.tune_split))
-      progress.log(f"{info.name}: background threshold {threshold:.3f} chosen on split {entry.tune_split!r}")
-    results = evaluate_dataset(evaluator, dataset, threshold, output / info.name, eval_config.num_overlays)
-    results["step"] = step
-    all_results.append(results)
+    for classifier in classifiers:
+      evaluator = DatasetEvaluator(model, params, info.class_names, info.background_index, protocol,
+                                   train_config.data.context_length, classifier, clip)
+      threshold = protocol.background_threshold
+      if protocol.background == "threshold" and threshold < 0:
+        threshold = choose_threshold(evaluator, eval_datasets.load(entry.name, root, entry.tune_split))
+        progress.log(f"{info.name} ({classifier}): background threshold {threshold:.3f} chosen on split "
+                     f"{entry.tune_split!r}")
+      overlays = output / info.name / classifier.replace(":", "_")
+      results = evaluate_dataset(evaluator, dataset, threshold, overlays, eval_config.num_overlays)
+      results.update(step=step, classifier=classifier)
+      all_results.append(results)
   (output / "results.json").write_text(json.dumps(all_results, indent=2, default=float))
   table = results_table(all_results)
   (output / "results.md").write_text(f"# Evaluation of {workdir} at step {step}\n\n{table}\n\nPublished S-Seg "

@@ -7,7 +7,7 @@ per pixel (`winner`: the query with the highest class confidence x mask probabil
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -55,22 +55,20 @@ def expand_synonyms(class_names: Sequence[str],
   return names, groups
 
 
-def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_embeddings: jax.Array,
-                       logit_scale: jax.Array, out_hw: tuple[int, int], decode: str,
-                       name_groups: jax.Array | None = None) -> jax.Array:
-  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob).
+def mask_class_probs(mask_embeddings: jax.Array, text_embeddings: jax.Array, logit_scale: jax.Array,
+                     name_groups: jax.Array | None = None) -> jax.Array:
+  """[B, N, C]: softmax over names of the scaled cosine similarity, synonym probabilities summed per class."""
+  class_prob = jax.nn.softmax(logit_scale * _l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
+  return class_prob if name_groups is None else class_prob @ name_groups
 
-  `text_embeddings` [num_names, D]; `name_groups` [num_names, C] sums synonym probabilities per class
-  (None: one name per class).
-  """
+
+def pixel_scores(mask_logits: jax.Array, class_prob: jax.Array, out_hw: tuple[int, int], decode: str) -> jax.Array:
+  """[B, C, H, W] from mask logits [B, N, h, w] and per-mask class scores [B, N, C] ('sum' or 'winner')."""
   if decode not in DECODE_METHODS:
     raise ValueError(f"eval.decode={decode!r}: use one of {DECODE_METHODS}.")
   b, n = mask_logits.shape[:2]
   mask_logits = jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *out_hw), method="bilinear")
   mask_prob = jax.nn.sigmoid(mask_logits)
-  class_prob = jax.nn.softmax(logit_scale * _l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
-  if name_groups is not None:
-    class_prob = class_prob @ name_groups
   if decode == "sum":
     return jnp.einsum("bnc,bnhw->bchw", class_prob, mask_prob)
   confidence = jnp.max(class_prob, axis=-1)  # [B, N]
@@ -80,12 +78,29 @@ def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_
   return jnp.moveaxis(win_class, -1, 1) * win_mask[:, None]
 
 
-def make_segmenter(model: Any, decode: str):
+def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_embeddings: jax.Array,
+                       logit_scale: jax.Array, out_hw: tuple[int, int], decode: str,
+                       name_groups: jax.Array | None = None) -> jax.Array:
+  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob).
+
+  `text_embeddings` [num_names, D]; `name_groups` [num_names, C] sums synonym probabilities per class
+  (None: one name per class).
+  """
+  class_prob = mask_class_probs(mask_embeddings, text_embeddings, logit_scale, name_groups)
+  return pixel_scores(mask_logits, class_prob, out_hw, decode)
+
+
+def make_segmenter(model: Any, decode: str, reclassify: Callable | None = None):
   """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [names,D], name_groups [names,C])
-  -> scores [B,C,H,W]`."""
+  -> scores [B,C,H,W]`. `reclassify(class_prob, images, mask_logits) -> class scores` replaces the learned
+  per-mask class probabilities (e.g. by a CLIP classifier or an ensemble, `ovseg_jax.classify`)."""
   def fn(params, images, text_embeddings, name_groups):
-    out = model.apply({"params": params}, normalize_images(images), method="encode_image")
+    normalized = normalize_images(images)
+    out = model.apply({"params": params}, normalized, method="encode_image")
     scale = model.apply({"params": params}, method="logit_scale")
-    return pixel_class_scores(out["pred_masks"][-1], out["mask_embeddings"], text_embeddings, scale,
-                              images.shape[1:3], decode, name_groups)
+    mask_logits = out["pred_masks"][-1]
+    class_prob = mask_class_probs(out["mask_embeddings"], text_embeddings, scale, name_groups)
+    if reclassify is not None:
+      class_prob = reclassify(class_prob, normalized, mask_logits)
+    return pixel_scores(mask_logits, class_prob, images.shape[1:3], decode)
   return jax.jit(fn)

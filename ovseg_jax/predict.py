@@ -7,7 +7,8 @@ r"""Segment your own images with your own words.
 Each image is resized so its short side is the model's training size times `--scale`, segmented with sliding
 windows of the training size, and written as an overlay with a legend; the share of the image each class
 covers is printed. A class named "background" wins where no other class scores above `--background_threshold`
-(or is embedded like any class with `--background=class`).
+(or is embedded like any class with `--background=class`). With `--clip=ViT-B-16.pt --classifier=ensemble:ovseg_voc`
+the masks are also classified by CLIP and the scores ensembled.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def class_areas(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, f
 
 
 def make_evaluator(model, params, train_config: ml_collections.ConfigDict, class_names: tuple[str, ...],
-                   background: str, threshold: float, scale: float):
+                   background: str, threshold: float, scale: float, classifier: str = "learned",
+                   clip: eval_suite.ClipSetup | None = None):
   size = train_config.data.image_size
   background_id = class_names.index("background") if "background" in class_names and background != "class" else None
   protocol = eval_suite.Protocol(short_side=round(size * scale), window=size, stride=size // 2,
@@ -68,7 +70,7 @@ def make_evaluator(model, params, train_config: ml_collections.ConfigDict, class
                                  is not None else "none", background_threshold=threshold, background_score=0.0,
                                  decode=train_config.eval.get("decode", "sum"), batch_size=8, synonyms={})
   return eval_suite.DatasetEvaluator(model, params, class_names, background_id, protocol,
-                                     train_config.data.context_length)
+                                     train_config.data.context_length, classifier, clip)
 
 
 def main(argv: list[str]) -> None:
@@ -89,8 +91,9 @@ def run(f: flags.FlagValues) -> None:
     raise FileNotFoundError(f"{workdir / 'config.json'} is missing: --checkpoint must be a training workdir.")
   train_config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   model, params, step = train.restore_model(train_config, workdir)
+  clip = eval_suite.load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip}))
   evaluator = make_evaluator(model, params, train_config, class_names, f.background, f.background_threshold,
-                             f.scale)
+                             f.scale, f.classifier, clip)
   output = Path(f.output).expanduser()
   many = len(paths) > 1 or output.suffix == ""
   if many:
@@ -115,4 +118,6 @@ if __name__ == "__main__":
   flags.DEFINE_enum("background", "threshold", ["threshold", "class"],
                     "'threshold': background wins below the threshold; 'class': embed it like any class.")
   flags.DEFINE_float("scale", 2.0, "Short side of the resized image, in training image sizes.")
+  flags.DEFINE_string("classifier", "learned", "learned, clip_crop, clip_dense or ensemble:NAME (needs --clip).")
+  flags.DEFINE_string("clip", "", "CLIP checkpoint (OpenAI .pt, open_clip file or Hugging Face directory).")
   cli.run(main, required=("checkpoint", "image", "classes", "output"))

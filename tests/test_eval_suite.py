@@ -146,7 +146,8 @@ def test_predict_writes_overlays_for_a_user_vocabulary(demo_workdir, tmp_path, c
     Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / name)
   (images / "notes.txt").write_text("not an image")
   args = SimpleNamespace(classes="minion, tiger,background", image=str(images), checkpoint=str(demo_workdir),
-                         output=str(tmp_path / "out"), background="threshold", background_threshold=0.3, scale=1.0)
+                         output=str(tmp_path / "out"), background="threshold", background_threshold=0.3, scale=1.0,
+                         classifier="learned", clip="")
   predict.run(args)
   written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
   assert written == ["a.png", "b.png"]
@@ -166,3 +167,29 @@ def test_class_areas_sum_to_one():
 
 def test_flags_are_not_defined_by_importing_the_modules():
   assert "checkpoint" not in flags.FLAGS  # Defined only when run as commands, so entry points do not clash.
+
+
+def test_every_classifier_on_the_demo_checkpoint_with_a_random_small_clip(demo_workdir, tmp_path):
+  import jax
+  import jax.numpy as jnp
+  from ovseg_jax import classify
+  from ovseg_jax.models.clip import CLIP, ClipArchitecture
+  arch = ClipArchitecture(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
+                          context_length=77, vocab_size=49408, text_width=32, text_layers=1, text_heads=2)
+  module = CLIP(arch)
+  params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 77), jnp.int32))["params"]
+  clip = eval_suite.ClipSetup(module, params, crop_size=16, seen_classes=("circle", "square"))
+  config = eval_suite_config.get_config("demo")
+  # Threshold 0: background never wins, so every pixel shows the classifier's choice.
+  config.protocol.update(short_side=32, window=32, stride=32, batch_size=4, background_threshold=0.0)
+  config.classifiers = tuple(classify.classifier_names())
+  config.num_overlays = 1
+  results = eval_suite.run_suite(config, demo_workdir, tmp_path / "out", clip=clip)
+  assert [r["classifier"] for r in results] == list(config.classifiers)
+  assert all(0.0 <= r["miou"] <= 1.0 for r in results)
+  per_class = {r["classifier"]: tuple(r["per_class_iou"].values()) for r in results}
+  assert len(set(per_class.values())) > 1  # The classifiers really decide differently.
+  table = (tmp_path / "out" / "results.md").read_text()
+  assert all(f"| {name} |" in table for name in config.classifiers)
+  with pytest.raises(ValueError, match="needs a CLIP"):
+    eval_suite.DatasetEvaluator(None, None, ("a",), None, _protocol(background="none"), 8, "clip_crop")
