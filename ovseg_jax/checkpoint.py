@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointMismatchError(ValueError):
@@ -19,7 +20,9 @@ class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory`; `restore_latest` resumes into a template state."""
 
   def __init__(self, directory: str | Path, keep: int = 2, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    # Local directories or gs:// (and other tf.io.gfile) URIs; orbax writes both.
+    directory = epath.Path(directory)
+    self.directory = directory if "://" in str(directory) else directory.resolve()
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,

@@ -41,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mes
         extra_scalars: Callable[[], dict[str, float]] = dict) -> Any:
   """Runs `state, metrics = train_step(state, global_batch, key)` from `start_step + 1` to
   `config.total_steps`; returns the last state. `extra_scalars()` adds host-side figures to each log line."""
-  logger = progress.MetricLogger(workdir)
+  logger = progress.MetricLogger(workdir, start_step)
   meter = progress.Progress(config.total_steps, config.batch_size, start_step)
   preemption = Preemption()
   key = jax.random.key(config.seed + 1)

@@ -10,23 +10,32 @@ from typing import Any
 import jax
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 
 class MetricLogger:
-  """Writes scalars to TensorBoard and `metrics.jsonl` in the workdir; only host 0 writes."""
+  """Writes scalars to TensorBoard and `metrics.jsonl` in the workdir (local or gs://); only host 0 writes.
 
-  def __init__(self, workdir: str | Path):
+  Cloud storage has no append, so the JSON lines are kept and the file rewritten at each write (a few
+  hundred kB for a long run); a resumed run keeps the lines of steps before its start.
+  """
+
+  def __init__(self, workdir: str | Path, start_step: int = 0):
     # Console lines come from `format_line`; clu's logging writer would repeat them.
     self._writer = metric_writers.SummaryWriter(str(workdir)) if jax.process_index() == 0 else None
-    self._jsonl = Path(workdir) / "metrics.jsonl"
+    self._jsonl = epath.Path(workdir) / "metrics.jsonl"
+    self._lines: list[str] = []
+    if self._writer is not None and self._jsonl.exists():
+      self._lines = [line for line in self._jsonl.read_text().splitlines()
+                     if line.strip() and json.loads(line).get("step", 0) <= start_step]
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if self._writer is None:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     self._writer.write_scalars(step, scalars)
-    with self._jsonl.open("a") as f:
-      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._lines.append(json.dumps({"step": step, **scalars}))
+    self._jsonl.write_text("\n".join(self._lines) + "\n")
 
   def close(self) -> None:
     if self._writer is not None:

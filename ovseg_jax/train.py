@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from etils import epath
 
 from data_pipelines import image_text
 from ovseg_jax import checkpoint, evaluate, loop, objective, optim, progress, sharding
@@ -122,8 +123,9 @@ def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the eval results."""
-  workdir = Path(workdir).expanduser()
+  """Trains (resuming from the latest checkpoint in `workdir`, a local path or a gs:// URI) and evaluates;
+  returns the eval results."""
+  workdir = epath.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config.mesh.axes)
@@ -179,11 +181,12 @@ def restore_model(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Any
   """(model, params, step) of the latest S-Seg checkpoint in `workdir`, built from `config`."""
   mesh = sharding.make_mesh(config.mesh.axes)
   model, _, _, state, _ = _build(config, mesh)
-  ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=config.checkpoint.keep, async_save=False)
+  workdir = epath.Path(workdir)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=False)
   restored = ckpt.restore_latest(state)
   ckpt.close()
   if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first with "
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: train first with "
                             f"`python -m ovseg_jax.main --config=... --workdir={workdir}`.")
   state, _ = restored
   return model, state.params, int(state.step)

@@ -118,3 +118,16 @@ def test_sigterm_requests_a_checkpoint_and_exit_instead_of_killing_the_run():
   finally:
     preemption.restore()
   assert signal.getsignal(signal.SIGTERM) != preemption._handle  # the previous handler is back
+
+
+def test_metric_log_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
+  from ovseg_jax import progress
+  first = progress.MetricLogger(tmp_path)
+  for step in (2, 4, 6):
+    first.write(step, {"loss": float(step)})
+  first.close()
+  resumed = progress.MetricLogger(tmp_path, start_step=4)  # The checkpoint was at step 4; step 6 is redone.
+  resumed.write(6, {"loss": 0.5})
+  resumed.close()
+  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["loss"]) for r in logged] == [(2, 2.0), (4, 4.0), (6, 0.5)]
