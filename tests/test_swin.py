@@ -9,6 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from ovseg_jax.models import swin
+from ovseg_jax.models.sseg import VIT_VARIANTS
+from ovseg_jax.models.vit import ViT
 from ovseg_jax.weights import swin as swin_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "swin"
@@ -91,12 +93,21 @@ def test_wrong_and_truncated_files_are_named(tmp_path):
     swin_weights.read_swin(tmp_path / "missing.pth", **TINY)
 
 
-@pytest.mark.parametrize("variant", ["Swin-T", "Swin-S", "Swin-B"])
-def test_parameter_counts_equal_timm(variant):
-  counts = json.loads((FIXTURES / "parameter_counts.json").read_text())["backbone_parameters"]
-  model = swin.swin(variant)
+def _count(model) -> int:
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == counts[variant]
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("variant", ["Swin-T", "Swin-S", "Swin-B", "ViT-S/16", "ViT-B/16", "ViT-L/14"])
+def test_parameter_counts_equal_timm(variant):
+  """Counts of timm's models (tools/count_reference_parameters.py) reduced to the parts these backbones have."""
+  counts = json.loads((FIXTURES.parent / "parameter_counts.json").read_text())
+  if variant.startswith("Swin"):
+    model = swin.swin(variant)
+  else:
+    patch, width, depth, heads = VIT_VARIANTS[variant.removeprefix("ViT-")]
+    model = ViT(patch, width, depth, heads, 4 * width)
+  assert _count(model) == counts[variant]
 
 
 def test_any_input_size_and_drop_path_only_in_training():

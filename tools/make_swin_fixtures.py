@@ -8,7 +8,6 @@ timm's Swin with `always_partition=True` shifts and partitions windows at every 
 Swin does; at 224 every stage is a multiple of the window, so no padding order question arises.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from safetensors.torch import save_file
 CONFIG = dict(img_size=224, patch_size=4, window_size=7, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2),
               num_classes=0, always_partition=True, strict_img_size=False)
 SUBSAMPLE = (3, 2, 1, 1)  # Spatial stride at which each stage's output is stored.
-PAPER_VARIANTS = {"Swin-T": "swin_tiny_patch4_window7_224", "Swin-S": "swin_small_patch4_window7_224",
-                  "Swin-B": "swin_base_patch4_window7_224"}
 
 
 def fixture_images() -> np.ndarray:
@@ -51,15 +48,6 @@ def main() -> None:
   weights = {k: p.detach().contiguous() for k, p in model.named_parameters()}  # No buffers: they are derived.
   save_file(weights, str(out / "timm_swin_tiny.safetensors"))
   np.savez_compressed(out / "timm_swin_tiny_outputs.npz", **stages)
-  counts = {}
-  for variant, name in PAPER_VARIANTS.items():
-    reference = timm.create_model(name, pretrained=False, num_classes=0)
-    # The segmentation backbone drops the classifier's final norm and adds one LayerNorm per stage output.
-    n = sum(p.numel() for k, p in reference.named_parameters() if not k.startswith("norm."))
-    counts[variant] = n + sum(2 * reference.embed_dim * 2 ** i for i in range(4))
-  (out / "parameter_counts.json").write_text(json.dumps({"config": {k: list(v) if isinstance(v, tuple) else v
-                                                                   for k, v in CONFIG.items()},
-                                                        "backbone_parameters": counts}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
