@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
       crop_size=0,  # 0: the CLIP's own input size.
       mask_threshold=0.5,
-      seen_classes=()))
+      seen_classes=(),
+      no_object_logit=-1.0))  # >= 0: a fixed "no object" class with this logit in CLIP's softmax (e.g. 20).
   if variant == "vild":
     c.protocol.templates = "vild"
   if variant == "without_background":

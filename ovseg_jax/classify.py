@@ -20,10 +20,18 @@ def _l2_normalize(x: Array) -> Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def class_probs(embeddings: Array, text_embeddings: Array, logit_scale: float = CLIP_LOGIT_SCALE) -> Array:
-  """[..., D] x [K, D] -> [..., K]: softmax over classes of the scaled cosine similarity."""
+def class_probs(embeddings: Array, text_embeddings: Array, logit_scale: float = CLIP_LOGIT_SCALE,
+                no_object_logit: float | None = None) -> Array:
+  """[..., D] x [K, D] -> [..., K]: softmax over classes of the scaled cosine similarity.
+
+  `no_object_logit` adds a fixed "no object" class with that logit (a constant embedding's score) to the
+  softmax and drops its column, so a mask that resembles no class keeps little probability for any.
+  """
   logits = logit_scale * _l2_normalize(embeddings.astype(jnp.float32)) @ _l2_normalize(text_embeddings).T
-  return jax.nn.softmax(logits, axis=-1)
+  if no_object_logit is None:
+    return jax.nn.softmax(logits, axis=-1)
+  extra = jnp.full((*logits.shape[:-1], 1), no_object_logit, logits.dtype)
+  return jax.nn.softmax(jnp.concatenate([logits, extra], axis=-1), axis=-1)[..., :-1]
 
 
 def binary_masks(mask_logits: Array, out_hw: tuple[int, int], threshold: float) -> Array:
@@ -57,7 +65,8 @@ def masked_crop(image: Array, mask: Array, size: int) -> Array:
 
 
 def crop_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array, text_embeddings: Array,
-                     crop_size: int, threshold: float = 0.5, crops_per_call: int = 32) -> Array:
+                     crop_size: int, threshold: float = 0.5, crops_per_call: int = 32,
+                     no_object_logit: float | None = None) -> Array:
   """Masked-crop classification. images [B, H, W, 3] CLIP-normalised, mask_logits [B, N, h, w] ->
   [B, N, K]. Empty masks get the uniform distribution (no evidence for any class)."""
   b, n = mask_logits.shape[:2]
@@ -66,13 +75,13 @@ def crop_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Ar
   crops = crops.reshape(b * n, crop_size, crop_size, images.shape[-1])
   encode = lambda x: clip.apply({"params": clip_params}, x[None], method="encode_image")[0]
   embeddings = jax.lax.map(encode, crops, batch_size=crops_per_call).reshape(b, n, -1)
-  probs = class_probs(embeddings, text_embeddings)
+  probs = class_probs(embeddings, text_embeddings, no_object_logit=no_object_logit)
   empty = ~jnp.any(masks, axis=(-2, -1))  # [B, N]
   return jnp.where(empty[..., None], 1.0 / text_embeddings.shape[0], probs)
 
 
 def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array,
-                      text_embeddings: Array) -> Array:
+                      text_embeddings: Array, no_object_logit: float | None = None) -> Array:
   """Mask-pooled classification in one CLIP pass: the dense patch features [B, h', w', D] averaged under each
   mask's probability map (resized to the patch grid). -> [B, N, K]."""
   dense = clip.apply({"params": clip_params}, images, method="encode_dense").astype(jnp.float32)
@@ -80,7 +89,7 @@ def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: A
   grid = dense.shape[1:3]
   weights = jax.nn.sigmoid(jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *grid), "bilinear"))
   pooled = jnp.einsum("bnhw,bhwd->bnd", weights, dense) / (jnp.sum(weights, axis=(-2, -1))[..., None] + 1e-6)
-  return class_probs(pooled, text_embeddings)
+  return class_probs(pooled, text_embeddings, no_object_logit=no_object_logit)
 
 
 def classifier_names() -> list[str]:
@@ -89,7 +98,8 @@ def classifier_names() -> list[str]:
 
 
 def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, name_groups: Array, seen: Array,
-                      crop_size: int, threshold: float = 0.5, crops_per_call: int = 32):
+                      crop_size: int, threshold: float = 0.5, crops_per_call: int = 32,
+                      no_object_logit: float | None = None):
   """`fn(p_seg [B,N,C], images [B,H,W,3] CLIP-normalised, mask_logits [B,N,h,w]) -> scores [B,N,C]` for a
   classifier named in `classifier_names()`, or None for 'learned' (the segmenter's own probabilities).
 
@@ -105,10 +115,10 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
 
   def crop(images, mask_logits):
     return crop_class_probs(clip, clip_params, images, mask_logits, clip_text, crop_size, threshold,
-                            crops_per_call) @ name_groups
+                            crops_per_call, no_object_logit) @ name_groups
 
   def dense(images, mask_logits):
-    return dense_class_probs(clip, clip_params, images, mask_logits, clip_text) @ name_groups
+    return dense_class_probs(clip, clip_params, images, mask_logits, clip_text, no_object_logit) @ name_groups
 
   if name == "clip_crop":
     return lambda p_seg, images, mask_logits: crop(images, mask_logits)

@@ -101,6 +101,7 @@ class ClipSetup:
   crop_size: int
   mask_threshold: float = 0.5
   seen_classes: tuple[str, ...] = ()  # The training vocabulary's classes (none for S-Seg).
+  no_object_logit: float | None = None  # A fixed "no object" class for CLIP's softmax (None: off).
 
 
 class DatasetEvaluator:
@@ -122,7 +123,8 @@ class DatasetEvaluator:
                                                   clip.module.architecture.context_length)
       seen = jnp.asarray([n in clip.seen_classes for n in names])
       reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, groups, seen,
-                                              clip.crop_size, clip.mask_threshold)
+                                              clip.crop_size, clip.mask_threshold,
+                                              no_object_logit=clip.no_object_logit)
     segmenter = inference.make_segmenter(model, protocol.decode, reclassify)
     self._score = lambda windows: np.asarray(segmenter(params, windows, text, groups))
 
@@ -204,8 +206,10 @@ def load_clip_setup(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
     return None
   from ovseg_jax.models.clip import load_clip
   module, params = load_clip(Path(cfg.checkpoint).expanduser(), activation=cfg.get("activation") or None)
+  no_object = cfg.get("no_object_logit", -1.0)
   return ClipSetup(module, params, cfg.get("crop_size") or module.architecture.image_size,
-                   cfg.get("mask_threshold", 0.5), tuple(cfg.get("seen_classes", ())))
+                   cfg.get("mask_threshold", 0.5), tuple(cfg.get("seen_classes", ())),
+                   None if no_object < 0 else no_object)
 
 
 def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, output: Path | None,

@@ -90,3 +90,14 @@ def test_dense_classification_pools_patch_features_under_each_mask(small_clip):
 def test_unknown_classifier_is_named():
   with pytest.raises(ValueError, match="classifier 'clip_mean'.*ensemble:ovseg_voc"):
     classify.make_reclassifier("clip_mean", None, None, None, None, None, 16)
+
+
+def test_fixed_no_object_class_takes_mass_from_unlike_masks():
+  text = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
+  like, unlike = jnp.asarray([0.9, 0.1]), jnp.asarray([-1.0, -0.2])
+  plain = classify.class_probs(jnp.stack([like, unlike]), text)
+  with_void = classify.class_probs(jnp.stack([like, unlike]), text, no_object_logit=20.0)
+  logits = 100 * np.stack([np.asarray(v) / np.linalg.norm(v) for v in (like, unlike)]) @ np.eye(2)
+  full = np.exp(np.concatenate([logits, np.full((2, 1), 20.0)], 1) - 100)
+  np.testing.assert_allclose(with_void, (full / full.sum(1, keepdims=True))[:, :2], rtol=1e-4, atol=1e-12)
+  assert float(jnp.sum(with_void[1])) < 0.01 and float(jnp.sum(plain[1])) == pytest.approx(1.0)
