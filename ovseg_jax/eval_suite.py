@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from ovseg_jax import classify, inference, metrics, progress, prompts, sliding_window, visualize
+from ovseg_jax import classify, inference, metrics, progress, prompts, sharding, sliding_window, visualize
 
 BACKGROUND_MODES = ("threshold", "constant", "exclude", "none")
 # S-Seg's published mIoU (paper Table 2, trained on CC12M; S-Seg+ adds self-training), for reference only.
@@ -126,7 +127,15 @@ class DatasetEvaluator:
                                               clip.crop_size, clip.mask_threshold,
                                               no_object_logit=clip.no_object_logit)
     segmenter = inference.make_segmenter(model, protocol.decode, reclassify)
-    self._score = lambda windows: np.asarray(segmenter(params, windows, text, groups))
+    # Windows are split over every local device when the window batch divides evenly (one process: evaluation
+    # jobs run per host on their own share of the images); the model and text are replicated.
+    devices = jax.local_devices()
+    self.mesh = sharding.make_mesh((("data", len(devices)),), devices) if protocol.batch_size % len(devices) == 0 \
+        else sharding.make_mesh((("data", 1),), devices[:1])
+    params, text, groups = jax.device_put((params, text, groups), sharding.replicated(self.mesh))
+    windows_sharding = sharding.batch_sharding(self.mesh)
+    self._score = lambda windows: np.asarray(
+        segmenter(params, jax.device_put(windows, windows_sharding), text, groups))
 
   def scores(self, image: np.ndarray) -> np.ndarray:
     """[len(class_ids), h, w] class scores at the protocol's resolution."""

@@ -124,13 +124,14 @@ def demo_workdir(tmp_path_factory):
 
 def test_suite_on_a_demo_checkpoint_writes_results_table_and_overlays(demo_workdir, tmp_path):
   config = eval_suite_config.get_config("demo")
-  config.protocol.update(short_side=48, window=32, stride=16, batch_size=4)  # Three windows per image.
+  # Three windows per image; a batch of 8 windows is split over the 8 devices of the test session.
+  config.protocol.update(short_side=48, window=32, stride=16, batch_size=8)
   results = eval_suite.run_suite(config, demo_workdir / "checkpoints", tmp_path / "out")
   saved = json.loads((tmp_path / "out" / "results.json").read_text())
   assert saved[0]["dataset"] == "demo" and saved[0]["num_images"] == 16 and results[0]["step"] == 6
   assert 0.0 <= saved[0]["miou"] <= 1.0 and 0.0 <= saved[0]["background_threshold"] <= 1.0
   assert "| demo |" in (tmp_path / "out" / "results.md").read_text()
-  assert len(list((tmp_path / "out" / "demo" / "overlays").glob("*.png"))) == config.num_overlays
+  assert len(list((tmp_path / "out" / "demo" / "learned" / "overlays").glob("*.png"))) == config.num_overlays
 
 
 def test_suite_refuses_a_directory_without_training_config(tmp_path):
