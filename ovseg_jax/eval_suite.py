@@ -18,6 +18,7 @@ Writes results.json, results.md (beside the published S-Seg numbers) and overlay
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -248,6 +249,7 @@ def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, outp
     root = entry.root or _default_root(entry.name, train_config)
     dataset = eval_datasets.load(entry.name, root, entry.split)
     info = dataset.info
+    protocol = dataclasses.replace(protocol, synonyms={**info.synonyms, **protocol.synonyms})
     for classifier in classifiers:
       evaluator = DatasetEvaluator(model, params, info.class_names, info.background_index, protocol,
                                    train_config.data.context_length, classifier, clip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from data_pipelines.eval_datasets import coco, pascal_context, voc
 from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
 from data_pipelines.eval_datasets.demo import DemoDataset
 
@@ -16,6 +17,11 @@ __all__ = ["DatasetInfo", "EvalDataset", "Example", "READERS", "load", "names"]
 # name -> reader(root, split). Each real benchmark registers its reader here.
 READERS: dict[str, Callable[[str | Path, str], EvalDataset]] = {
     "demo": DemoDataset,
+    "voc": voc.voc,
+    "voc20": voc.voc20,
+    "context59": pascal_context.context59,
+    "context60": pascal_context.context60,
+    "coco_object": coco.coco_object,
 }
 
 

@@ -1,0 +1,56 @@
+"""A labelled split stored as image files and label PNGs, read with PIL in a fixed order."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines.eval_datasets.base import DatasetInfo, Example
+
+
+def missing_files_error(info: DatasetInfo, root: Path, what: Path | str) -> FileNotFoundError:
+  return FileNotFoundError(f"{info.name}: {what} is missing under {root}. Expected layout: {info.layout}")
+
+
+def read_label(path: Path) -> np.ndarray:
+  """Class ids as stored: palette indices of palette PNGs (PIL keeps them; tf.io.decode_png would expand
+  the palette to RGB), 8- or 16-bit grey values otherwise."""
+  with Image.open(path) as image:
+    if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+      raise ValueError(f"{path}: label images must be palette or single-channel PNG/TIFF, found mode {image.mode}.")
+    return np.asarray(image).astype(np.int32)
+
+
+class FileDataset:
+  """Examples (key, image, label) from `(key, image_path, label_path)` items; `map_label` turns the stored
+  ids into the dataset's class ids (ignore = `info.ignore_index`)."""
+
+  def __init__(self, info: DatasetInfo, root: Path, items: Sequence[tuple[str, Path, Path]],
+               map_label: Callable[[np.ndarray], np.ndarray] = lambda x: x):
+    if not items:
+      raise missing_files_error(info, root, "every example")
+    for _, image_path, label_path in (items[0], items[-1]):
+      for path in (image_path, label_path):
+        if not path.is_file():
+          raise missing_files_error(info, root, path)
+    self.info, self._items, self._map_label = info, list(items), map_label
+
+  def __len__(self) -> int:
+    return len(self._items)
+
+  def __iter__(self) -> Iterator[Example]:
+    for key, image_path, label_path in self._items:
+      if not image_path.is_file() or not label_path.is_file():
+        raise missing_files_error(self.info, image_path.parents[1], image_path if not image_path.is_file()
+                                  else label_path)
+      with Image.open(image_path) as image:
+        rgb = np.asarray(image.convert("RGB"))
+      yield Example(key, rgb, self._map_label(read_label(label_path)).astype(np.int32))
+
+
+def split_ids(info: DatasetInfo, root: Path, list_file: Path) -> list[str]:
+  if not list_file.is_file():
+    raise missing_files_error(info, root, list_file.relative_to(root) if list_file.is_relative_to(root) else list_file)
+  return [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]

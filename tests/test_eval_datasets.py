@@ -1,0 +1,110 @@
+"""Evaluation dataset readers on tiny files in their real on-disk layouts."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines import eval_datasets
+from data_pipelines.eval_datasets import coco, pascal_context, voc
+
+RNG = np.random.default_rng(0)
+
+
+def _image(path: Path, hw=(6, 8)) -> np.ndarray:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  pixels = RNG.integers(0, 255, (*hw, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(path, quality=100)
+  return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _palette_png(path: Path, label: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = Image.fromarray(label.astype(np.uint8), mode="P")
+  image.putpalette(list(RNG.integers(0, 255, 768)))  # Colours must not matter: the indices are the labels.
+  image.save(path)
+
+
+def _grey_png(path: Path, label: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(label.astype(np.uint8), mode="L").save(path)
+
+
+@pytest.fixture
+def voc_root(tmp_path):
+  root = tmp_path / "VOCdevkit" / "VOC2012"
+  ids = ["2007_000033", "2007_000042"]
+  labels = {}
+  for i in ids:
+    _image(root / "JPEGImages" / f"{i}.jpg")
+    label = RNG.integers(0, 21, (6, 8))
+    label[0, 0] = 255
+    _palette_png(root / "SegmentationClass" / f"{i}.png", label)
+    labels[i] = label
+  (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+  (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+  return root, ids, labels
+
+
+def test_voc_reads_palette_indices_in_list_order(voc_root):
+  root, ids, labels = voc_root
+  dataset = eval_datasets.load("voc", root, "val")
+  examples = list(dataset)
+  assert dataset.info.num_classes == 21 and dataset.info.background_index == 0
+  assert len(dataset.info.unseen_classes) == 5 and len(dataset.info.seen_classes) == 15
+  assert [e.key for e in examples] == ids
+  for e in examples:
+    np.testing.assert_array_equal(e.label, labels[e.key])
+    assert e.image.shape == (6, 8, 3) and e.image.dtype == np.uint8
+
+
+def test_voc20_ignores_background(voc_root):
+  root, ids, labels = voc_root
+  example = next(iter(voc.voc20(root)))
+  expected = np.where((labels[ids[0]] == 0) | (labels[ids[0]] == 255), 255, labels[ids[0]] - 1)
+  np.testing.assert_array_equal(example.label, expected)
+  assert eval_datasets.load("voc20", root).info.num_classes == 20
+
+
+def test_pascal_context_59_and_60(tmp_path):
+  root = tmp_path / "VOC2010"
+  _image(root / "JPEGImages" / "2008_000002.jpg")
+  label = RNG.integers(0, 60, (6, 8))
+  _grey_png(root / "SegmentationClassContext" / "2008_000002.png", label)
+  (root / "ImageSets" / "SegmentationContext").mkdir(parents=True)
+  (root / "ImageSets" / "SegmentationContext" / "val.txt").write_text("2008_000002\n")
+  c59, c60 = pascal_context.context59(root), pascal_context.context60(root)
+  assert (c59.info.num_classes, c60.info.num_classes) == (59, 60)
+  np.testing.assert_array_equal(next(iter(c59)).label, np.where(label == 0, 255, label - 1))
+  np.testing.assert_array_equal(next(iter(c60)).label, label)
+  assert c60.info.class_names[1:] == c59.info.class_names
+
+
+def test_coco_object_maps_stuff_to_background(tmp_path):
+  root = tmp_path / "coco"
+  _image(root / "val2017" / "000000000139.jpg")
+  label = RNG.integers(0, 171, (6, 8))
+  label[1, :3] = 255
+  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000139.png", label)
+  dataset = eval_datasets.load("coco_object", root, "val")
+  assert dataset.info.num_classes == 81 and dataset.info.class_names[1] == "person"
+  expected = np.where(label == 255, 255, np.where(label < 80, label + 1, 0))
+  np.testing.assert_array_equal(next(iter(dataset)).label, expected)
+
+
+def test_missing_files_name_the_path_and_the_layout(tmp_path, voc_root):
+  with pytest.raises(FileNotFoundError, match=r"voc: ImageSets/Segmentation/val.txt is missing.*Expected layout"):
+    eval_datasets.load("voc", tmp_path / "nothing")
+  root, ids, _ = voc_root
+  (root / "SegmentationClass" / f"{ids[-1]}.png").unlink()
+  with pytest.raises(FileNotFoundError, match=f"{ids[-1]}.png is missing.*SegmentationClass/ID.png"):
+    eval_datasets.load("voc", root)
+  with pytest.raises(FileNotFoundError, match="coco_object: stuffthingmaps_detectron2/val2017 is missing"):
+    coco.coco_object(tmp_path / "coco")
+
+
+def test_rgb_label_images_are_refused(voc_root):
+  root, ids, _ = voc_root
+  Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / "SegmentationClass" / f"{ids[0]}.png")
+  with pytest.raises(ValueError, match="single-channel"):
+    list(eval_datasets.load("voc", root))
