@@ -45,6 +45,7 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
   c.data.crop_scale = (0.08, 1.0)  # Random resized crop (torchvision's default scale range).
   c.data.shuffle_buffer = 10_000
   c.data.context_length = 77
+  c.data.text = "nouns_verbs"  # The captions' nouns and verbs (data_pipelines/captions.py), as published.
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = ml_collections.ConfigDict(dict(name="Swin-S", drop_path_rate=0.3, checkpoint=""))

@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.6, 1.0)
   c.data.shuffle_buffer = 2000
   c.data.context_length = 32
+  c.data.text = "caption"  # The whole (cleaned) caption; 'nouns_verbs' keeps only its nouns and verbs.
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = ml_collections.ConfigDict(dict(

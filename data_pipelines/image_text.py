@@ -53,6 +53,7 @@ def make_image_text_iterator(
     crop_scale: tuple[float, float] = (0.5, 1.0),
     flip: bool = True,
     text_fn: Callable[[str], np.ndarray] | None = None,
+    caption_fn: Callable[[str], str] | None = None,
     context_length: int = 77,
     num_parallel_calls: int = AUTOTUNE,
     prefetch: int = 2,
@@ -73,6 +74,8 @@ def make_image_text_iterator(
     crop_scale: (min, max) area fraction of the random crop.
     flip: randomly mirror half of the images left-right.
     text_fn: caption -> int32 tokens [L] or [1, L]; defaults to the CLIP tokenizer.
+    caption_fn: caption -> the text to tokenise (e.g. `captions.training_text`); samples for which it
+      returns an empty string are skipped and counted as 'no_text_after_cleaning'.
     context_length: L.
     num_parallel_calls: parallel decodes.
     prefetch: batches prepared ahead.
@@ -120,6 +123,13 @@ def make_image_text_iterator(
         try:
           stream = shards_lib.iterate_samples(epoch_shards, stats)
           while chunk := list(itertools.islice(stream, _GENERATOR_CHUNK)):
+            if caption_fn is not None:
+              chunk = [(key, image, caption_fn(caption)) for key, image, caption in chunk]
+              kept = [sample for sample in chunk if sample[2]]
+              if len(kept) < len(chunk):
+                stats.add('no_text_after_cleaning', len(chunk) - len(kept))
+              if not (chunk := kept):
+                continue
             keys, images, captions = zip(*chunk)
             yield (np.array(keys, object), np.array(images, object), np.stack([tokens_of(c) for c in captions]),
                    np.arange(emitted, emitted + len(chunk)))

@@ -1,6 +1,7 @@
 """The S-Seg trainer: one jitted, donated train step over global arrays, orbax resume, metrics, evaluation."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import ml_collections
 import optax
 from etils import epath
 
-from data_pipelines import image_text
+from data_pipelines import captions, image_text
 from ovseg_jax import checkpoint, evaluate, loop, objective, optim, progress, sharding
 from ovseg_jax.models.sseg import build_sseg, pretrained_backbone_params
 from ovseg_jax.models.vit import load_dino, random_dino
@@ -165,7 +166,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardin
       shards, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       seed=config.seed * 1_000_003 + start_step, shuffle_buffer=config.data.shuffle_buffer,
-      crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length)
+      crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length,
+      caption_fn=functools.partial(captions.training_text, mode=config.data.get("text", "caption")))
   return loop.run(config, workdir, mesh, train_step, state, batches, ckpt, start_step, skip_stats.as_metrics)
 
 

@@ -240,3 +240,17 @@ def test_bad_arguments_and_text_fn_errors_are_reported(clean_shards):
       paths, batch_size=2, image_size=8, text_fn=_text_fn, context_length=CONTEXT_LENGTH + 1)
   with pytest.raises(ValueError, match='context_length'):
     next(batches)
+
+
+def test_caption_fn_rewrites_captions_and_counts_samples_left_without_text(clean_shards):
+  paths, references = clean_shards
+  dropped = {k for k in references if k.endswith(('0', '3'))}
+  # Keeps the key (so tokens still name the sample) and drops the words; empties the dropped keys' text.
+  caption_fn = lambda caption: '' if caption.split(' ')[0] in dropped else caption.split(' ')[0]
+  batches, stats = image_text.make_image_text_iterator(
+      paths, batch_size=1, image_size=8, seed=0, text_fn=_text_fn, caption_fn=caption_fn,
+      context_length=CONTEXT_LENGTH, with_keys=True)
+  epoch = _take(batches, len(references) - len(dropped))
+  assert sorted(_key_of(b['tokens'][0]) for b in epoch) == sorted(set(references) - dropped)
+  assert all(b['key'][0].decode() == _key_of(b['tokens'][0]) for b in epoch)
+  assert stats.counts.get('no_text_after_cleaning', 0) >= len(dropped)  # Reading ahead may count more.
