@@ -11,12 +11,19 @@ Augmentation randomness is stateless, keyed by (epoch seed, sample number), so a
 crop and flip; `deterministic=True` (the default: its cost was within measurement noise) also fixes
 the batch order.
 
+Resume: the iterator keeps a `ReadPosition` (epoch, shards of that epoch read to the end) that a trainer
+saves with each checkpoint; an iterator started from it continues the same epoch's shard order after the
+finished shards. A shard still being read when the checkpoint was taken is read again from its start, and
+samples still waiting in the shuffle buffer or prefetch (at most `shuffle_buffer` plus a few batches) are
+not revisited in that epoch: on 26M pairs a handful of repeats or misses, instead of replaying an epoch.
+
 Skipped data is counted in the returned `SkipStats` (reasons in `shards`'s docstring) plus
 `decode_error`: images that pass the structural checks but fail to decode in TF. Those are dropped
 by `ignore_errors` and counted once per epoch, at its end, as samples emitted by the generator
 minus samples that reached the batches. Each epoch's last, partial batch is dropped.
 """
 from collections.abc import Callable, Iterator, Sequence
+import dataclasses
 import functools
 import itertools
 
@@ -31,6 +38,13 @@ _ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _JPEG_SOI = b'\xff\xd8'
 # Samples per generator step: tf.data pays a high fixed cost per element of a Python generator.
 _GENERATOR_CHUNK = 64
+
+@dataclasses.dataclass
+class ReadPosition:
+  """Where a host's reading stands: its epoch and how many of that epoch's shards it has read to the end."""
+  epoch: int = 0
+  shards_done: int = 0
+
 
 # Hosts feed accelerators through JAX: TF must never claim their memory.
 try:
@@ -59,6 +73,7 @@ def make_image_text_iterator(
     prefetch: int = 2,
     deterministic: bool = True,
     with_keys: bool = False,
+    position: ReadPosition | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], shards_lib.SkipStats]:
   """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` and their skip counts.
 
@@ -81,6 +96,7 @@ def make_image_text_iterator(
     prefetch: batches prepared ahead.
     deterministic: keep the batch order fixed by the seed; False lets a slow decode be overtaken.
     with_keys: add 'key': the samples' webdataset keys (bytes objects), e.g. for debugging.
+    position: where to start (overrides `start_epoch`); updated in place while reading, for checkpoints.
 
   Returns:
     The batch iterator, and the `SkipStats` it updates while running.
@@ -112,16 +128,26 @@ def make_image_text_iterator(
     return tokens.reshape(context_length)
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
-    for epoch in itertools.count(start_epoch):
+    first_epoch = position.epoch if position is not None else start_epoch
+    for epoch in itertools.count(first_epoch):
       shard_seed, sample_seed = np.random.SeedSequence([seed, epoch, process_index]).generate_state(2)
       epoch_shards = [host_shards[i] for i in np.random.default_rng(shard_seed).permutation(len(host_shards))]
+      skip = position.shards_done if position is not None and epoch == first_epoch else 0
+      if position is not None:
+        position.epoch, position.shards_done = epoch, skip
       emitted, failures = 0, []
+
+      def shard_by_shard():
+        for done, shard in enumerate(epoch_shards[skip:], skip + 1):
+          yield from shards_lib.iterate_samples([shard], stats)
+          if position is not None:
+            position.shards_done = done
 
       def chunks():
         nonlocal emitted
         # Re-raised in the loop below: `ignore_errors` would otherwise swallow a failing text_fn.
         try:
-          stream = shards_lib.iterate_samples(epoch_shards, stats)
+          stream = shard_by_shard()
           while chunk := list(itertools.islice(stream, _GENERATOR_CHUNK)):
             if caption_fn is not None:
               chunk = [(key, image, caption_fn(caption)) for key, image, caption in chunk]
@@ -156,7 +182,7 @@ def make_image_text_iterator(
       if emitted > arrived:
         stats.add('decode_error', emitted - arrived)
       logging.info('Epoch %d, host %d: %d samples, skipped so far: %s', epoch, process_index, arrived, stats.counts)
-      if not full_batches:
+      if not full_batches and not skip:  # A resumed epoch may legitimately have little left.
         preview = ', '.join(host_shards[:5]) + (', ...' if len(host_shards) > 5 else '')
         raise ValueError(
             f'Epoch {epoch} gave only {arrived} samples on host {process_index}, fewer than batch_size='

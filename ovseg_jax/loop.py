@@ -38,9 +38,10 @@ class Preemption:
 
 def run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mesh, train_step: Callable,
         state: Any, batches: Iterator[dict[str, np.ndarray]], ckpt: checkpoint.Checkpointer, start_step: int,
-        extra_scalars: Callable[[], dict[str, float]] = dict) -> Any:
+        extra_scalars: Callable[[], dict[str, float]] = dict, data_position: Callable[[], dict] = dict) -> Any:
   """Runs `state, metrics = train_step(state, global_batch, key)` from `start_step + 1` to
-  `config.total_steps`; returns the last state. `extra_scalars()` adds host-side figures to each log line."""
+  `config.total_steps`; returns the last state. `extra_scalars()` adds host-side figures to each log line;
+  `data_position()` (called on every host) is saved beside each checkpoint's state."""
   logger = progress.MetricLogger(workdir, start_step)
   meter = progress.Progress(config.total_steps, config.batch_size, start_step)
   preemption = Preemption()
@@ -64,7 +65,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mes
         progress.log(progress.format_line(step, config.total_steps, scalars))
         history.clear()
       if step % config.checkpoint.every_steps == 0 or last or out_of_time or preemption.requested:
-        ckpt.save(step, state, {"step": step}, force=True)
+        ckpt.save(step, state, {"step": step, **data_position()}, force=True)
       if preemption.requested:
         progress.log(f"SIGTERM: checkpoint saved at step {step}; exiting. Re-run the command to resume.")
         ckpt.close()
@@ -87,13 +88,14 @@ def describe_parameters(params: Any, workdir: Path) -> None:
                f"(per-tensor table in {workdir / 'parameter_overview.txt'})")
 
 
-def resume(config: ml_collections.ConfigDict, workdir: Path, state: Any) -> tuple[checkpoint.Checkpointer, Any, bool]:
-  """The workdir's checkpointer and the state restored from its latest checkpoint (or `state` as given);
-  the flag says whether a checkpoint was found."""
+def resume(config: ml_collections.ConfigDict, workdir: Path,
+           state: Any) -> tuple[checkpoint.Checkpointer, Any, dict[str, Any] | None]:
+  """The workdir's checkpointer and the state restored from its latest checkpoint (or `state` as given),
+  with the data position saved beside it (None without a checkpoint)."""
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   restored = ckpt.restore_latest(state)
   if restored is None:
-    return ckpt, state, False
+    return ckpt, state, None
   progress.log(f"resumed from {ckpt.directory} at step {int(restored[0].step)}")
-  return ckpt, restored[0], True
+  return ckpt, restored[0], restored[1]

@@ -157,8 +157,8 @@ class _Stage2:
 def train_stage(config: ml_collections.ConfigDict, workdir: Path, num_classes: int) -> tuple[Any, Any, int]:
   stage = _Stage2(config, num_classes)
   loop.describe_parameters(stage.state.params, workdir)
-  ckpt, state, resumed = loop.resume(config, workdir, stage.state)
-  if not resumed and config.init.from_teacher:
+  ckpt, state, data_position = loop.resume(config, workdir, stage.state)
+  if data_position is None and config.init.from_teacher:
     _, teacher_params, _ = train.restore_model(config.teacher, Path(config.teacher_workdir).expanduser())
     state = jax.device_put(state.replace(params=_init_from_teacher(state.params, teacher_params)), stage.shardings)
   start_step = int(state.step)

@@ -254,3 +254,24 @@ def test_caption_fn_rewrites_captions_and_counts_samples_left_without_text(clean
   assert sorted(_key_of(b['tokens'][0]) for b in epoch) == sorted(set(references) - dropped)
   assert all(b['key'][0].decode() == _key_of(b['tokens'][0]) for b in epoch)
   assert stats.counts.get('no_text_after_cleaning', 0) >= len(dropped)  # Reading ahead may count more.
+
+
+def test_resumed_reading_continues_after_the_finished_shards(tmp_path):
+  rng = np.random.default_rng(4)
+  references, paths = {}, []
+  for shard in range(6):  # More samples than the reader's look-ahead, so an epoch is really in progress.
+    paths.append(str(tmp_path / f'{shard:05d}.tar'))
+    _write_shard(paths[-1], [_good_sample(rng, f'{shard:05d}{i:04d}', references) for i in range(48)])
+  kwargs = dict(batch_size=8, image_size=8, seed=3, text_fn=_text_fn, context_length=CONTEXT_LENGTH,
+                shuffle_buffer=0, prefetch=1, with_keys=True)
+  position = image_text.ReadPosition()
+  batches, _ = image_text.make_image_text_iterator(paths, position=position, **kwargs)
+  _take(batches, 3)
+  saved = image_text.ReadPosition(**vars(position))
+  assert saved.epoch == 0 and 0 < saved.shards_done < len(paths)
+  order = np.random.default_rng(np.random.SeedSequence([3, 0, 0]).generate_state(2)[0]).permutation(len(paths))
+  finished = {k for i in order[:saved.shards_done] for k in references if k.startswith(f'{i:05d}')}
+  resumed, _ = image_text.make_image_text_iterator(paths, position=saved, **kwargs)
+  rest = [k.decode() for b in _take(resumed, (len(references) - len(finished)) // 8) for k in b['key']]
+  assert not finished & set(rest)  # No finished shard is read again...
+  assert sorted(rest) == sorted(set(references) - finished)  # ...and every other sample of the epoch is.

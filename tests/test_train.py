@@ -131,3 +131,13 @@ def test_metric_log_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
   resumed.close()
   logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [(r["step"], r["loss"]) for r in logged] == [(2, 2.0), (4, 4.0), (6, 0.5)]
+
+
+def test_read_positions_round_trip_through_the_checkpoint_data():
+  from data_pipelines import image_text
+  saved = train._all_read_positions(image_text.ReadPosition(epoch=2, shards_done=5))
+  assert saved == {"read_positions": [[2, 5]]}
+  assert train._host_read_position(saved) == image_text.ReadPosition(2, 5)
+  assert train._host_read_position(None) == image_text.ReadPosition()
+  # Written by two hosts, resumed by one: the shard split changes, so the earliest epoch restarts.
+  assert train._host_read_position({"read_positions": [[3, 1], [2, 7]]}) == image_text.ReadPosition(2, 0)
