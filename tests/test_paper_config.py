@@ -61,3 +61,15 @@ def test_paper_train_step_runs_and_lowers_the_loss():
     state, metrics = step(state, batch, jax.random.key(0), dino_params)
     losses.append(float(metrics["loss"]))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_plan_reports_memory_and_flops_of_the_compiled_step():
+  from configs import sseg_demo
+  from ovseg_jax import plan
+  config = sseg_demo.get_config("tiny")
+  small, large = plan.step_report(config, 2), plan.step_report(config, 4)
+  for report in (small, large):
+    assert report["arguments GiB"] > 0 and report["temporaries GiB"] > 0 and report["peak estimate GiB"] > 0
+  # Per-image work is the same at both batch sizes; the step's FLOPs grow with the batch.
+  assert large["GFLOP/step"] > 1.8 * small["GFLOP/step"]
+  assert large["GFLOP/image"] == pytest.approx(small["GFLOP/image"], rel=0.1)
