@@ -1,0 +1,42 @@
+"""What every benchmark here shares: timing medians after warm-up, the machine's load, the table and JSON."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
+  """Median wall time of `fn()` over `repeats` calls after `warmup` untimed calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def machine() -> dict[str, Any]:
+  """Cores and load, printed beside the figures: these machines are shared and noisy."""
+  return {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0], "python": platform.python_version(),
+          "tcmalloc": "tcmalloc" in os.environ.get("LD_PRELOAD", "")}
+
+
+def report(title: str, rows: list[dict[str, Any]], out: str | Path | None) -> str:
+  """Prints a markdown table (and the machine line); writes rows + machine as JSON to `out` if given."""
+  from ovseg_jax import visualize
+  info = machine()
+  text = (f"## {title}\n\n{visualize.markdown_table(rows, list(rows[0]), float_fmt='{:.2f}')}\n\n"
+          f"machine: {info}\n")
+  print(text, flush=True)
+  if out:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"title": title, "rows": rows, "machine": info}, indent=2, default=str))
+  return text

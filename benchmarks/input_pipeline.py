@@ -1,0 +1,140 @@
+r"""Image-text input pipeline throughput: the tf.data pipeline beside a plain webdataset + PIL loop doing
+the same work (decode, random resized crop, resize to 224, flip, tokenise), and beside what the demo's
+train step consumes, measured in one run on shards this script writes.
+
+  python -m benchmarks.input_pipeline [--num_images=2000] [--out=/tmp/input_pipeline.json]
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from benchmarks import common
+
+NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Images in the generated shards (320-500 px JPEGs).")
+BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of both pipelines.")
+OUT = flags.DEFINE_string("out", "", "JSON output path.")
+SAMPLES_PER_SHARD = 250
+
+
+def write_shards(directory: Path, num_images: int, seed: int = 0) -> list[str]:
+  """img2dataset-style shards of smooth random photos-like JPEGs with short captions."""
+  rng = np.random.default_rng(seed)
+  paths = []
+  for shard in range(-(-num_images // SAMPLES_PER_SHARD)):
+    path = directory / f"{shard:05d}.tar"
+    with tarfile.open(path, "w") as tar:
+      for i in range(min(SAMPLES_PER_SHARD, num_images - shard * SAMPLES_PER_SHARD)):
+        h, w = rng.integers(320, 501, 2)
+        coarse = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((int(w), int(h)), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        key = f"{shard:05d}{i:04d}"
+        for name, data in ((f"{key}.jpg", buffer.getvalue()), (f"{key}.txt", b"a dog runs on the grass")):
+          info = tarfile.TarInfo(name)
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+    paths.append(str(path))
+  return paths
+
+
+def tfdata_rate(paths: list[str], batch_size: int, num_images: int) -> float:
+  from data_pipelines import image_text
+  batches, _ = image_text.make_image_text_iterator(paths, batch_size=batch_size, image_size=224,
+                                                   shuffle_buffer=1000, crop_scale=(0.08, 1.0))
+  next(batches)  # Start-up: TF graph building, first decodes.
+  steps = max(1, num_images // batch_size - 1)
+  seconds = common.median_seconds(lambda: [next(batches) for _ in range(steps)], repeats=3, warmup=0)
+  return steps * batch_size / seconds
+
+
+def _pil_random_resized_crop(image: Image.Image, rng: random.Random, size: int = 224) -> np.ndarray:
+  """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip, in PIL."""
+  w, h = image.size
+  for _ in range(10):
+    area = w * h * rng.uniform(0.08, 1.0)
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw, ch = int(round((area * ratio) ** 0.5)), int(round((area / ratio) ** 0.5))
+    if 0 < cw <= w and 0 < ch <= h:
+      x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+      break
+  else:
+    x, y, cw, ch = 0, 0, w, h
+  crop = image.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
+  if rng.random() < 0.5:
+    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+  return np.asarray(crop)
+
+
+def webdataset_rate(paths: list[str], batch_size: int, num_images: int) -> float:
+  import webdataset as wds
+  from data_pipelines import tokenizer
+  rng = random.Random(0)
+
+  def loop():
+    dataset = wds.WebDataset(paths, shardshuffle=False).decode("pil").to_tuple("jpg", "txt")
+    batch_images, batch_texts = [], []
+    for image, text in itertools.islice(dataset, num_images):
+      batch_images.append(_pil_random_resized_crop(image.convert("RGB"), rng))
+      batch_texts.append(text)
+      if len(batch_images) == batch_size:
+        np.stack(batch_images), tokenizer.tokenize(batch_texts)
+        batch_images, batch_texts = [], []
+
+  return num_images / common.median_seconds(loop, repeats=3, warmup=1)
+
+
+def demo_step_rate() -> float:
+  """Images per second the demo config's jitted train step consumes (its own 64-px batches)."""
+  import jax
+  from configs import sseg_demo
+  from ovseg_jax import objective, sharding, train
+  config = sseg_demo.get_config()
+  mesh = sharding.make_mesh(config.mesh.axes)
+  model, tx, schedule, state, shardings = train._build(config, mesh)
+  step = train.make_train_step(model, tx, schedule, config,
+                               objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size),
+                               mesh, shardings)
+  rng = np.random.default_rng(0)
+  tokens = np.zeros((config.batch_size, config.data.context_length), np.int32)
+  tokens[:, :3] = [49406, 1929, 49407]
+  batch = sharding.host_batch_to_global({"image": rng.integers(0, 256, (config.batch_size, 64, 64, 3), np.uint8),
+                                         "tokens": tokens}, mesh)
+  holder = {"state": state}
+
+  def run():
+    for _ in range(5):
+      holder["state"], metrics = step(holder["state"], batch, jax.random.key(0), None)
+    jax.block_until_ready(metrics)
+  return 5 * config.batch_size / common.median_seconds(run, repeats=3, warmup=1)
+
+
+def main(argv) -> None:
+  del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    paths = write_shards(Path(tmp), NUM_IMAGES.value)
+    print(f"wrote {NUM_IMAGES.value} images in {len(paths)} shards in {time.perf_counter() - start:.1f}s", flush=True)
+    tf_rate = tfdata_rate(paths, BATCH.value, NUM_IMAGES.value)
+    wds_rate = webdataset_rate(paths, BATCH.value, NUM_IMAGES.value)
+  step_rate = demo_step_rate()
+  rows = [{"pipeline": "tf.data (data_pipelines.image_text)", "img/s": tf_rate, "vs webdataset + PIL": tf_rate / wds_rate},
+          {"pipeline": "webdataset + PIL loop", "img/s": wds_rate, "vs webdataset + PIL": 1.0},
+          {"pipeline": "demo train step consumes", "img/s": step_rate, "vs webdataset + PIL": step_rate / wds_rate}]
+  common.report("Image-text input pipeline, 224 px random resized crops (medians of 3)", rows, OUT.value or None)
+
+
+if __name__ == "__main__":
+  app.run(main)

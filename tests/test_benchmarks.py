@@ -1,0 +1,31 @@
+"""Benchmark helpers: generated shards are readable training data; the report writes its table and JSON."""
+import json
+import random
+
+import numpy as np
+
+from benchmarks import common, input_pipeline
+from data_pipelines import shards
+
+
+def test_generated_shards_are_valid_training_samples(tmp_path):
+  paths = input_pipeline.write_shards(tmp_path, 7)
+  stats = shards.SkipStats()
+  samples = list(shards.iterate_samples(paths, stats))
+  assert len(samples) == 7 and stats.counts == {}
+
+
+def test_pil_crop_matches_the_training_crop_contract():
+  from PIL import Image
+  image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+  crop = input_pipeline._pil_random_resized_crop(image, random.Random(0))
+  assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+
+
+def test_report_prints_the_table_and_writes_json(tmp_path, capsys):
+  rows = [{"what": "a", "img/s": 1234.5}, {"what": "b", "img/s": 2.0}]
+  common.report("title", rows, tmp_path / "r.json")
+  printed = capsys.readouterr().out
+  assert "| a | 1234.50 |" in printed and "load_1min" in printed
+  assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+  assert common.median_seconds(lambda: None, repeats=3) >= 0.0
