@@ -20,9 +20,6 @@ from PIL import Image
 
 from benchmarks import common
 
-NUM_IMAGES = flags.DEFINE_integer("num_images", 2000, "Images in the generated shards (320-500 px JPEGs).")
-BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size of both pipelines.")
-OUT = flags.DEFINE_string("out", "", "JSON output path.")
 SAMPLES_PER_SHARD = 250
 
 
@@ -123,18 +120,22 @@ def main(argv) -> None:
   del argv
   from absl import logging
   logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
-    paths = write_shards(Path(tmp), NUM_IMAGES.value)
-    print(f"wrote {NUM_IMAGES.value} images in {len(paths)} shards in {time.perf_counter() - start:.1f}s", flush=True)
-    tf_rate = tfdata_rate(paths, BATCH.value, NUM_IMAGES.value)
-    wds_rate = webdataset_rate(paths, BATCH.value, NUM_IMAGES.value)
+    paths = write_shards(Path(tmp), f.num_images)
+    print(f"wrote {f.num_images} images in {len(paths)} shards in {time.perf_counter() - start:.1f}s", flush=True)
+    tf_rate = tfdata_rate(paths, f.batch_size, f.num_images)
+    wds_rate = webdataset_rate(paths, f.batch_size, f.num_images)
   step_rate = demo_step_rate()
   rows = [{"pipeline": "tf.data (data_pipelines.image_text)", "img/s": tf_rate, "vs webdataset + PIL": tf_rate / wds_rate},
           {"pipeline": "webdataset + PIL loop", "img/s": wds_rate, "vs webdataset + PIL": 1.0},
           {"pipeline": "demo train step consumes", "img/s": step_rate, "vs webdataset + PIL": step_rate / wds_rate}]
-  common.report("Image-text input pipeline, 224 px random resized crops (medians of 3)", rows, OUT.value or None)
+  common.report("Image-text input pipeline, 224 px random resized crops (medians of 3)", rows, f.out or None)
 
 
 if __name__ == "__main__":
+  flags.DEFINE_integer("num_images", 2000, "Images in the generated shards (320-500 px JPEGs).")
+  flags.DEFINE_integer("batch_size", 64, "Batch size of both pipelines.")
+  flags.DEFINE_string("out", "", "JSON output path.")
   app.run(main)

@@ -29,3 +29,21 @@ def test_report_prints_the_table_and_writes_json(tmp_path, capsys):
   assert "| a | 1234.50 |" in printed and "load_1min" in printed
   assert json.loads((tmp_path / "r.json").read_text())["rows"] == rows
   assert common.median_seconds(lambda: None, repeats=3) >= 0.0
+
+
+def test_flop_count_of_a_compiled_matmul_is_analytic():
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import run
+  a = jnp.ones((64, 96), jnp.float32)
+  b = jnp.ones((96, 32), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  assert run._compiled_flops(compiled) == 2 * 64 * 96 * 32
+  assert run._peak_gib(compiled) > 0
+
+
+def test_matching_rows_report_the_share_of_a_step():
+  from benchmarks import run
+  rows = run.matching_rows(paper_step_seconds=10.0, batch=1, layers=2)
+  assert rows[0]["ms"] > 0 and rows[1]["ms"] > 0
+  assert rows[0]["share of paper step"] == rows[0]["ms"] / 1e3 / 10.0

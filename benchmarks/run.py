@@ -1,0 +1,258 @@
+r"""Speed against the machine's limit and against the PyTorch way, measured in one run.
+
+  python -m benchmarks.run [--sections=ceiling,vit,torch,demo,paper,matching,pipeline,eval] \
+      [--torch_python=/path/to/python-with-torch-and-timm] [--out=/tmp/benchmarks.json]
+
+Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
+torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
+(Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
+FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the input
+pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
+`scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
+
+On CPU the allocator is most of the gap to PyTorch (see benchmarks/README.md): when Debian's
+libtcmalloc-minimal4 is installed, this command re-executes itself with it preloaded (`--tcmalloc=false` to
+compare), and the table says whether it was active.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from benchmarks import common
+
+TCMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def _compiled_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def _peak_gib(compiled) -> float:
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes) / 2 ** 30
+
+
+def ceiling() -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  rows = []
+  for n in (2048, 4096):
+    for name, dtype, accumulate in (("float32", jnp.float32, None), ("bfloat16", jnp.bfloat16, None),
+                                    ("bfloat16 in, float32 accumulate", jnp.bfloat16, jnp.float32)):
+      a = jnp.ones((n, n), dtype)
+      f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=accumulate))
+      seconds = common.median_seconds(lambda: f(a, a).block_until_ready(), repeats=5)
+      rows.append({"what": f"matmul {n} {name}", "GFLOP/s": 2 * n ** 3 / seconds / 1e9})
+  return rows
+
+
+def _timed_step(step, state, *args, repeats: int = 5) -> tuple[float, float, object]:
+  """(compile seconds, median seconds per step, the compiled step); `step` donates its state."""
+  import jax
+  start = time.perf_counter()
+  compiled = step.lower(state, *args).compile()
+  compile_seconds = time.perf_counter() - start
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], *args)
+    jax.block_until_ready(metrics)
+  return compile_seconds, common.median_seconds(run, repeats=repeats, warmup=2), compiled
+
+
+def vit_step(batch: int = 8) -> dict:
+  """ViT-S/16 classifier train step (mean-pooled tokens, 1000 classes, AdamW), batch 8 at 224."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import flax.linen as nn
+  from ovseg_jax.models.vit import ViT
+
+  class Classifier(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(1000)(jnp.mean(ViT(16, 384, 12, 6, 1536)(x), axis=(1, 2)))
+
+  model, tx = Classifier(), optax.adamw(1e-3)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)), jnp.float32)
+  labels = jnp.arange(batch) % 1000
+  params = model.init(jax.random.key(0), images[:1])["params"]
+
+  def step(state, images, labels):
+    params, opt_state = state
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, images), labels).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  compile_s, seconds, compiled = _timed_step(jax.jit(step, donate_argnums=0), (params, tx.init(params)), images,
+                                             labels)
+  flops = _compiled_flops(compiled)
+  return {"what": "ViT-S/16 train step, batch 8, 224 (Flax)", "img/s": batch / seconds,
+          "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
+          "compile s": compile_s}
+
+
+TORCH_SCRIPT = r"""
+import json, os, time, statistics, torch, timm
+torch.set_num_threads(os.cpu_count())
+model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=1000, global_pool="avg",
+                          class_token=False)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+x, y = torch.randn(8, 3, 224, 224), torch.arange(8)
+def step():
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+for _ in range(2):
+    step()
+times = []
+for _ in range(5):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": statistics.median(times), "threads": torch.get_num_threads()}))
+"""
+
+
+def torch_vit_step(python: str) -> dict | None:
+  if not python:
+    return None
+  out = subprocess.run([python, "-c", TORCH_SCRIPT], capture_output=True, text=True, timeout=600)
+  if out.returncode:
+    logging.warning("PyTorch peer failed: %s", out.stderr[-500:])
+    return None
+  seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+  return {"what": "ViT-S/16 train step, batch 8, 224 (PyTorch eager, timm)", "img/s": 8 / seconds}
+
+
+def sseg_step(config, batch: int, label: str) -> tuple[dict, float]:
+  """One S-Seg config's full train step on a random batch; also returns seconds per step."""
+  import jax
+  from ovseg_jax import objective, sharding, train
+  config.batch_size = batch
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  model, tx, schedule, state, shardings = train._build(config, mesh)
+  dino = train.pseudo_mask_dino(config.pseudo_masks)
+  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size,
+                                                 dino[0] if dino else None)
+  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
+  size, length = config.data.image_size, config.data.context_length
+  rng = np.random.default_rng(0)
+  tokens = np.zeros((batch, length), np.int32)
+  tokens[:, :4] = [49406, 320, 1929, 49407]
+  host = {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), "tokens": tokens}
+  compile_s, seconds, compiled = _timed_step(step, state, sharding.host_batch_to_global(host, mesh),
+                                             jax.random.key(0), dino[1] if dino else None, repeats=3)
+  flops = _compiled_flops(compiled)
+  row = {"what": f"{label} train step, batch {batch}, {size} px", "img/s": batch / seconds,
+         "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
+         "compile s": compile_s}
+  if dino:
+    module, params = dino
+    images = np.zeros((batch, size, size, 3), np.float32)
+    dino_flops = _compiled_flops(jax.jit(lambda p, x: module.apply({"params": p}, x)).lower(params, images).compile())
+    row["DINO share of FLOPs"] = dino_flops / flops
+  return row, seconds
+
+
+def matching_rows(paper_step_seconds: float | None, batch: int = 2, layers: int = 6) -> list[dict]:
+  """The paper step matches 64 queries to 8 pseudo masks for every image and decoder layer."""
+  import jax
+  import jax.numpy as jnp
+  from scipy.optimize import linear_sum_assignment
+  from ovseg_jax import matching
+  cost = np.random.default_rng(0).random((batch * layers, 64, 8)).astype(np.float32)
+  f = jax.jit(matching.hungarian_matching)
+  device = common.median_seconds(lambda: f(jnp.asarray(cost)).block_until_ready(), repeats=5)
+  host = common.median_seconds(lambda: [linear_sum_assignment(c) for c in cost], repeats=5)
+  rows = [{"what": f"Hungarian on device, {batch * layers} matrices 64x8", "ms": 1e3 * device},
+          {"what": f"scipy linear_sum_assignment loop on the host, {batch * layers} matrices", "ms": 1e3 * host}]
+  if paper_step_seconds:
+    rows[0]["share of paper step"] = device / paper_step_seconds
+  return rows
+
+
+def eval_row(config, num_images: int = 4) -> dict:
+  """Demo-size model (random weights) evaluated at short side 448 with 64-px windows, stride 32."""
+  import jax
+  import jax.numpy as jnp
+  from ovseg_jax import eval_suite, prompts
+  from ovseg_jax.models.sseg import build_sseg
+  model = build_sseg(config.model)
+  params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 64, 64, 3)),
+                      jnp.zeros((1, config.data.context_length), jnp.int32), train=False)["params"]
+  protocol = eval_suite.Protocol(448, 64, 32, prompts.SINGLE, "none", 0.0, 0.0, "winner", 32, {})
+  evaluator = eval_suite.DatasetEvaluator(model, params, ("cat", "dog", "grass"), None, protocol,
+                                          config.data.context_length)
+  images = np.random.default_rng(0).integers(0, 256, (num_images, 480, 640, 3), dtype=np.uint8)
+  evaluator.predict(images[0], 0.0)  # Compile.
+  seconds = common.median_seconds(lambda: [evaluator.predict(x, 0.0) for x in images], repeats=1, warmup=0)
+  return {"what": "evaluation, 640x480 images at short side 448, 64-px windows stride 32 (demo model)",
+          "img/s": num_images / seconds}
+
+
+def main(argv) -> None:
+  del argv
+  f = flags.FLAGS
+  if f.tcmalloc and os.path.exists(TCMALLOC_PATH) and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
+    env = {**os.environ, "LD_PRELOAD": TCMALLOC_PATH}
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], env)
+  logging.set_verbosity(logging.WARNING)
+  from configs import sseg_cc12m, sseg_demo
+  sections, rows = set(f.sections), []
+  ceiling_gflops = None
+  if "ceiling" in sections:
+    rows += ceiling()
+    ceiling_gflops = max(r["GFLOP/s"] for r in rows if "float32" in r["what"] and "accumulate" not in r["what"])
+  if "vit" in sections:
+    rows.append(vit_step())
+  if "torch" in sections and (peer := torch_vit_step(f.torch_python)):
+    flax_row = next((r for r in rows if r["what"].startswith("ViT-S/16") and "Flax" in r["what"]), None)
+    if flax_row:
+      flax_row["vs PyTorch"] = flax_row["img/s"] / peer["img/s"]
+    rows.append(peer)
+  if "demo" in sections:
+    rows.append(sseg_step(sseg_demo.get_config(), 32, "demo config")[0])
+  paper_seconds = None
+  if "paper" in sections:
+    config = sseg_cc12m.get_config("runlocal")
+    row, paper_seconds = sseg_step(config, 2, "paper config (Swin-S, N=64, DINO S/8)")
+    rows.append(row)
+  if "matching" in sections:
+    rows += matching_rows(paper_seconds)
+  if "pipeline" in sections:
+    import tempfile
+    from pathlib import Path
+    from benchmarks import input_pipeline
+    with tempfile.TemporaryDirectory() as tmp:
+      paths = input_pipeline.write_shards(Path(tmp), 1000)
+      rows.append({"what": "input pipeline, 224 px crops (tf.data)", "img/s": input_pipeline.tfdata_rate(paths, 64, 1000)})
+  if "eval" in sections:
+    rows.append(eval_row(sseg_demo.get_config()))
+  if ceiling_gflops:
+    for r in rows:
+      if "GFLOP/s" in r and not r["what"].startswith("matmul"):
+        r["of f32 ceiling"] = r["GFLOP/s"] / ceiling_gflops
+  columns = []
+  for r in rows:
+    columns += [k for k in r if k not in columns]
+  rows = [{c: r.get(c, "") for c in columns} for r in rows]
+  common.report("Benchmarks (medians after warm-up)", rows, f.out or None)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "pipeline", "eval"],
+                    "Which measurements to run.")
+  flags.DEFINE_string("torch_python", "", "A Python with torch and timm for the PyTorch peer.")
+  flags.DEFINE_bool("tcmalloc", True, "Re-run with libtcmalloc preloaded when it is installed.")
+  flags.DEFINE_string("out", "", "JSON output path.")
+  app.run(main)
