@@ -40,6 +40,9 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
   c.data = ml_collections.ConfigDict()
   c.data.source = "shards"
   c.data.shards = shards
+  # Or a weighted mixture instead of the union: (name, shard pattern, weight) triples; each batch then takes
+  # weight-proportional shares from every source (data_pipelines/mixture.py).
+  c.data.datasets = ()
   c.data.num_examples = num_examples
   c.data.image_size = 224
   c.data.crop_scale = (0.08, 1.0)  # Random resized crop (torchvision's default scale range).

@@ -74,6 +74,7 @@ def make_image_text_iterator(
     deterministic: bool = True,
     with_keys: bool = False,
     position: ReadPosition | None = None,
+    stats: shards_lib.SkipStats | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], shards_lib.SkipStats]:
   """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` and their skip counts.
 
@@ -97,6 +98,7 @@ def make_image_text_iterator(
     deterministic: keep the batch order fixed by the seed; False lets a slow decode be overtaken.
     with_keys: add 'key': the samples' webdataset keys (bytes objects), e.g. for debugging.
     position: where to start (overrides `start_epoch`); updated in place while reading, for checkpoints.
+    stats: counts to add the skips to (shared by the sources of a mixture); a new one by default.
 
   Returns:
     The batch iterator, and the `SkipStats` it updates while running.
@@ -114,7 +116,7 @@ def make_image_text_iterator(
   if text_fn is None:
     from data_pipelines import tokenizer  # Lazy: it loads the BPE vocabulary.
     text_fn = functools.partial(tokenizer.tokenize, context_length=context_length)
-  stats = shards_lib.SkipStats()
+  stats = shards_lib.SkipStats() if stats is None else stats
   signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
                tf.TensorSpec([None, context_length], tf.int32), tf.TensorSpec([None], tf.int64))
   options = tf.data.Options()

@@ -15,7 +15,7 @@ import optax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipelines import captions, image_text
+from data_pipelines import captions, image_text, mixture
 from ovseg_jax import checkpoint, evaluate, loop, objective, optim, progress, sharding
 from ovseg_jax.models.sseg import build_sseg, pretrained_backbone_params
 from ovseg_jax.models.vit import load_dino, random_dino
@@ -113,6 +113,8 @@ def _train_shards(config: ml_collections.ConfigDict) -> list[str]:
   if config.data.source == "demo":
     return evaluate.demo_paths(config).train_shards
   if config.data.source == "shards":
+    if config.data.get("datasets"):  # A mixture: each source lists its own shards.
+      return []
     from data_pipelines import shards
     return shards.expand_pattern(config.data.shards)
   raise ValueError(f"data.source={config.data.source!r}: use 'demo' or 'shards'.")
@@ -141,8 +143,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   ckpt, state, data_position = loop.resume(config, workdir, state)
   start_step = int(state.step)
   if start_step < config.total_steps:
-    state = _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt,
-                        start_step, _host_read_position(data_position))
+    sources = mixture.sources_from_config(config.data, shards)
+    state = _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, sources, ckpt,
+                        start_step, _host_read_positions(data_position, len(sources)))
   ckpt.close()
   return _evaluate(config, workdir, model, state.params, int(state.step))
 
@@ -157,41 +160,42 @@ def pseudo_mask_dino(pm: ml_collections.ConfigDict) -> tuple[Any, Any] | None:
   return load_dino(Path(pm.dino_checkpoint).expanduser(), num_heads=pm.dino_num_heads or None)
 
 
-def _host_read_position(data_position: dict[str, Any] | None) -> image_text.ReadPosition:
-  """This host's place in the data from a checkpoint's data position (every host's is saved)."""
+def _host_read_positions(data_position: dict[str, Any] | None, num_sources: int) -> list[image_text.ReadPosition]:
+  """This host's place in each data source from a checkpoint's data position (every host's is saved)."""
   hosts = (data_position or {}).get("read_positions")
   if not hosts:
-    return image_text.ReadPosition()
-  if len(hosts) != jax.process_count():
-    epoch = min(epoch for epoch, _ in hosts)
-    progress.log(f"the checkpoint was written by {len(hosts)} hosts, this run has {jax.process_count()}: the "
-                 f"shards are split anew, so reading restarts at the beginning of epoch {epoch}.")
-    return image_text.ReadPosition(epoch=epoch)
-  return image_text.ReadPosition(*hosts[jax.process_index()])
+    return [image_text.ReadPosition() for _ in range(num_sources)]
+  if len(hosts) != jax.process_count() or len(hosts[0]) != num_sources:
+    progress.log(f"the checkpoint's read positions ({len(hosts)} hosts x {len(hosts[0])} sources) do not fit this "
+                 f"run ({jax.process_count()} x {num_sources}): the shards are split anew, so reading restarts "
+                 "at the beginning of each source's earliest saved epoch.")
+    epochs = [min(host[i][0] for host in hosts) if i < len(hosts[0]) else 0 for i in range(num_sources)]
+    return [image_text.ReadPosition(epoch=e) for e in epochs]
+  return [image_text.ReadPosition(*p) for p in hosts[jax.process_index()]]
 
 
-def _all_read_positions(position: image_text.ReadPosition) -> dict[str, Any]:
-  local = np.asarray([position.epoch, position.shards_done], np.int64)
+def _all_read_positions(positions: list[image_text.ReadPosition]) -> dict[str, Any]:
+  local = np.asarray([[p.epoch, p.shards_done] for p in positions], np.int64)
   gathered = local[None] if jax.process_count() == 1 else multihost_utils.process_allgather(local)
-  return {"read_positions": np.asarray(gathered).reshape(-1, 2).tolist()}
+  return {"read_positions": np.asarray(gathered).reshape(-1, len(positions), 2).tolist()}
 
 
-def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, shards, ckpt, start_step,
-                position: image_text.ReadPosition):
+def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, sources, ckpt, start_step,
+                positions: list[image_text.ReadPosition]):
   dino_module, dino_params = pseudo_mask_dino(config.pseudo_masks) or (None, None)
   pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino_module)
   step = make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, state_shardings)
   dino_params = jax.device_put(dino_params, sharding.replicated(mesh))
   train_step = lambda state, batch, key: step(state, batch, key, dino_params)
   # A resumed run continues its epoch after the shards it had finished (see image_text's docstring).
-  batches, skip_stats = image_text.make_image_text_iterator(
-      shards, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,
-      process_index=jax.process_index(), process_count=jax.process_count(), position=position,
+  batches, skip_stats = mixture.make_mixed_iterator(
+      sources, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count(), positions=positions,
       seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
       crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length,
       caption_fn=functools.partial(captions.training_text, mode=config.data.get("text", "caption")))
   return loop.run(config, workdir, mesh, train_step, state, batches, ckpt, start_step, skip_stats.as_metrics,
-                  functools.partial(_all_read_positions, position))
+                  functools.partial(_all_read_positions, positions))
 
 
 def _evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any,

@@ -135,9 +135,11 @@ def test_metric_log_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
 
 def test_read_positions_round_trip_through_the_checkpoint_data():
   from data_pipelines import image_text
-  saved = train._all_read_positions(image_text.ReadPosition(epoch=2, shards_done=5))
-  assert saved == {"read_positions": [[2, 5]]}
-  assert train._host_read_position(saved) == image_text.ReadPosition(2, 5)
-  assert train._host_read_position(None) == image_text.ReadPosition()
-  # Written by two hosts, resumed by one: the shard split changes, so the earliest epoch restarts.
-  assert train._host_read_position({"read_positions": [[3, 1], [2, 7]]}) == image_text.ReadPosition(2, 0)
+  positions = [image_text.ReadPosition(epoch=2, shards_done=5), image_text.ReadPosition(epoch=7, shards_done=0)]
+  saved = train._all_read_positions(positions)
+  assert saved == {"read_positions": [[[2, 5], [7, 0]]]}
+  assert train._host_read_positions(saved, 2) == positions
+  assert train._host_read_positions(None, 1) == [image_text.ReadPosition()]
+  # Written by two hosts, resumed by one: the shard split changes, so each source's earliest epoch restarts.
+  two_hosts = {"read_positions": [[[3, 1], [4, 4]], [[2, 7], [5, 0]]]}
+  assert train._host_read_positions(two_hosts, 2) == [image_text.ReadPosition(2), image_text.ReadPosition(4)]
