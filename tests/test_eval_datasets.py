@@ -108,3 +108,57 @@ def test_rgb_label_images_are_refused(voc_root):
   Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / "SegmentationClass" / f"{ids[0]}.png")
   with pytest.raises(ValueError, match="single-channel"):
     list(eval_datasets.load("voc", root))
+
+
+def test_coco_stuff_171_and_its_zero_shot_split(tmp_path):
+  root = tmp_path / "coco"
+  _image(root / "val2017" / "000000000285.jpg")
+  label = RNG.integers(0, 171, (6, 8))
+  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000285.png", label)
+  dataset = eval_datasets.load("coco_stuff", root, "val")
+  assert dataset.info.num_classes == 171 and len(dataset.info.unseen_classes) == 15
+  assert len(dataset.info.seen_classes) == 156 and set(dataset.info.unseen_classes) <= set(dataset.info.class_names)
+  np.testing.assert_array_equal(next(iter(dataset)).label, label)
+
+
+def test_ade150_reduces_the_zero_label(tmp_path):
+  root = tmp_path / "ADEChallengeData2016"
+  _image(root / "images" / "validation" / "ADE_val_00000001.jpg")
+  label = RNG.integers(0, 151, (6, 8))
+  _grey_png(root / "annotations" / "validation" / "ADE_val_00000001.png", label)
+  dataset = eval_datasets.load("ade150", root, "val")
+  assert dataset.info.num_classes == 150
+  np.testing.assert_array_equal(next(iter(dataset)).label, np.where(label == 0, 255, label - 1))
+
+
+def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
+  root = tmp_path / "cityscapes"
+  _image(root / "leftImg8bit" / "val" / "lindau" / "lindau_000000_000019_leftImg8bit.png")
+  label = RNG.integers(0, 34, (6, 8))
+  _grey_png(root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png", label)
+  dataset = eval_datasets.load("cityscapes", root, "val")
+  example = next(iter(dataset))
+  official = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
+              27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # cityscapesScripts' labels.py
+  np.testing.assert_array_equal(example.label, np.vectorize(lambda v: official.get(v, 255))(label))
+  assert example.key == "lindau_000000_000019" and dataset.info.num_classes == 19
+
+
+def test_prepare_coco_stuff_and_cityscapes_convert_once(tmp_path):
+  from data_pipelines import prepare
+  root = tmp_path / "coco"
+  raw = np.array([[0, 11, 90, 91], [181, 182, 255, 79]])  # person, unused id 12, stuff id 92 (banner), ...
+  _grey_png(root / "stuffthingmaps_trainval2017" / "val2017" / "1.png", raw)
+  assert prepare.prepare_coco_stuff(root) == {"written": 1, "already_done": 0}
+  out = np.asarray(Image.open(root / "stuffthingmaps_detectron2" / "val2017" / "1.png"))
+  things = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+  assert out[0, 0] == 0 and out[0, 1] == 255 and out[0, 2] == 255 and out[0, 3] == 80  # id 91 unused; 92 -> 80
+  assert out[1, 0] == 170 and out[1, 1] == 255 and out[1, 2] == 255 and out[1, 3] == things.index(80)
+  assert prepare.prepare_coco_stuff(root) == {"written": 0, "already_done": 1}
+  city = tmp_path / "cityscapes"
+  _grey_png(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelIds.png", np.array([[7, 33, 0]]))
+  prepare.prepare_cityscapes(city)
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelTrainIds.png")), [[0, 18, 255]])
+  with pytest.raises(FileNotFoundError, match="stuffthingmaps_trainval2017.zip"):
+    prepare.prepare_coco_stuff(tmp_path / "empty")

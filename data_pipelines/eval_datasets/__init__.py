@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from data_pipelines.eval_datasets import coco, pascal_context, voc
+from data_pipelines.eval_datasets import ade, cityscapes, coco, pascal_context, voc
 from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
 from data_pipelines.eval_datasets.demo import DemoDataset
 
@@ -22,6 +22,9 @@ READERS: dict[str, Callable[[str | Path, str], EvalDataset]] = {
     "context59": pascal_context.context59,
     "context60": pascal_context.context60,
     "coco_object": coco.coco_object,
+    "coco_stuff": coco.coco_stuff,
+    "ade150": ade.ade150,
+    "cityscapes": cityscapes.cityscapes,
 }
 
 
