@@ -6,8 +6,8 @@ r"""Speed against the machine's limit and against the PyTorch way, measured in o
 Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
 torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
 (Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
-FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the input
-pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
+FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; DINO + K-means
+pseudo masks per image and K-means beside sklearn's; the input pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
 `scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
 
 On CPU the allocator is most of the gap to PyTorch (see benchmarks/README.md): when Debian's
@@ -181,6 +181,55 @@ def matching_rows(paper_step_seconds: float | None, batch: int = 2, layers: int 
   return rows
 
 
+SKLEARN_SCRIPT = r"""
+import json, sys, time, statistics, numpy as np
+from sklearn.cluster import KMeans
+tokens = np.load(sys.argv[1])
+def run():
+    for x in tokens:
+        KMeans(n_clusters=8, n_init=1, max_iter=10, random_state=0).fit(x)
+run()
+times = []
+for _ in range(3):
+    t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds_per_image": statistics.median(times) / len(tokens)}))
+"""
+
+
+def pseudo_mask_rows(python: str, batch: int = 8) -> list[dict]:
+  """DINO ViT-S/8 (random weights) + K-means K=8 per 224-px image, and K-means alone beside sklearn's on the
+  same L2-normalised tokens (sklearn run by `python`, when given)."""
+  import tempfile
+  import jax
+  import jax.numpy as jnp
+  from ovseg_jax import pseudo_masks
+  from ovseg_jax.models.vit import random_dino
+  module, params = random_dino("S/8")
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)), jnp.float32)
+  tokens = jax.jit(lambda p, x: module.apply({"params": p}, x))(params, images)
+  tokens = tokens / jnp.linalg.norm(tokens, axis=-1, keepdims=True)
+  kmeans = jax.jit(lambda t: pseudo_masks.generate_pseudo_masks(
+      t, num_clusters=8, num_iters=10, key=jax.random.key(0), feature_fn=lambda x: x, grid_hw=(28, 28)))
+  both = jax.jit(lambda p, x: pseudo_masks.generate_pseudo_masks(
+      x, num_clusters=8, num_iters=10, key=jax.random.key(0), feature_fn=lambda y: module.apply({"params": p}, y),
+      grid_hw=(28, 28), normalize=True))
+  rows = [{"what": "pseudo masks: DINO ViT-S/8 forward + K-means K=8, per image", "ms": 1e3 * common.median_seconds(
+              lambda: jax.block_until_ready(both(params, images)), repeats=3) / batch},
+          {"what": "K-means K=8 on 784 DINO tokens, on device, per image", "ms": 1e3 * common.median_seconds(
+              lambda: jax.block_until_ready(kmeans(tokens)), repeats=3) / batch}]
+  if python:
+    with tempfile.NamedTemporaryFile(suffix=".npy") as f:
+      np.save(f.name, np.asarray(tokens))
+      out = subprocess.run([python, "-c", SKLEARN_SCRIPT, f.name], capture_output=True, text=True, timeout=600)
+    if out.returncode == 0:
+      seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_image"]
+      rows.append({"what": "sklearn KMeans K=8 (n_init=1, 10 iterations) on the same tokens, per image",
+                   "ms": 1e3 * seconds})
+    else:
+      logging.warning("sklearn reference failed: %s", out.stderr[-500:])
+  return rows
+
+
 def eval_row(config, num_images: int = 4) -> dict:
   """Demo-size model (random weights) evaluated at short side 448 with 64-px windows, stride 32."""
   import jax
@@ -229,6 +278,8 @@ def main(argv) -> None:
     rows.append(row)
   if "matching" in sections:
     rows += matching_rows(paper_seconds)
+  if "pseudo_masks" in sections:
+    rows += pseudo_mask_rows(f.torch_python)
   if "pipeline" in sections:
     import tempfile
     from pathlib import Path
@@ -250,7 +301,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "pipeline", "eval"],
+  flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "pseudo_masks", "pipeline",
+                                 "eval"],
                     "Which measurements to run.")
   flags.DEFINE_string("torch_python", "", "A Python with torch and timm for the PyTorch peer.")
   flags.DEFINE_bool("tcmalloc", True, "Re-run with libtcmalloc preloaded when it is installed.")
