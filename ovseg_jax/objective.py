@@ -77,14 +77,25 @@ def mask_losses(pred_masks: jax.Array, targets: jax.Array, valid: jax.Array,
   return out
 
 
+def _unconstrained(x: jax.Array, batch_dim: int = 0) -> jax.Array:
+  del batch_dim
+  return x
+
+
 def sseg_loss(params: Any, model: Any, batch: dict[str, jax.Array], key: jax.Array,
               cfg: ml_collections.ConfigDict, pseudo_mask_fn: Callable,
-              dino_params: Any = None) -> tuple[jax.Array, dict]:
-  """Total loss = weight_mask * L_mask + weight_contrastive * L_contrastive (paper eq. 4)."""
+              dino_params: Any = None, constrain: Callable = _unconstrained) -> tuple[jax.Array, dict]:
+  """Total loss = weight_mask * L_mask + weight_contrastive * L_contrastive (paper eq. 4).
+
+  `constrain(x, batch_dim)` (`sharding.batch_constraint`) keeps the pseudo masks and the predicted masks
+  split over the batch, so K-means and the matcher run locally on each device.
+  """
   mask_key, dropout_key = jax.random.split(key)
   targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key, dino_params))
+  targets, valid = constrain(targets), constrain(valid)
   out = model.apply({"params": params}, normalize_images(batch["image"]), batch["tokens"], train=True,
                     rngs={"dropout": dropout_key})
+  out = {**out, "pred_masks": constrain(out["pred_masks"], batch_dim=1)}
   pred_hw = out["pred_masks"].shape[-2:]
   targets = pseudo_masks.resize_masks(targets, pred_hw)
   mask = mask_losses(out["pred_masks"], targets, valid, cfg.loss)

@@ -64,6 +64,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
+def batch_constraint(mesh: Mesh):
+  """`constrain(x, batch_dim=0)`: inside a jitted function, keeps `x` split over the batch axes along
+  `batch_dim` (other dimensions unsplit). Used where per-example work must stay local to each device: with
+  FSDP-sharded weights XLA may otherwise split activations along feature dimensions, and an on-device
+  while-loop (the Hungarian matcher) over such arrays would communicate on every iteration."""
+  axes = batch_axes(mesh)
+
+  def constrain(x: jax.Array, batch_dim: int = 0) -> jax.Array:
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*([None] * batch_dim), axes)))
+  return constrain
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -104,8 +104,10 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, schedule: opta
                     state_shardings: Any):
   """The S-Seg step `(state, batch, key, dino_params)`: pseudo masks, matching, mask and contrastive losses,
   AdamW, in one jitted call."""
+  constrain = sharding.batch_constraint(mesh)
+
   def loss_fn(params, batch, key, dino_params):
-    return objective.sseg_loss(params, model, batch, key, config, pseudo_mask_fn, dino_params)
+    return objective.sseg_loss(params, model, batch, key, config, pseudo_mask_fn, dino_params, constrain)
   return make_step(loss_fn, tx, schedule, mesh, state_shardings)
 
 

@@ -2,6 +2,7 @@
 import concurrent.futures
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -195,3 +196,12 @@ def test_state_shardings_mirror_parameters_into_the_optimizer_state():
     assert s.spec == expected, name
   with pytest.raises(TypeError, match="params"):
     sharding.state_shardings(params, _mesh(("fsdp", 8)), [])
+
+
+def test_batch_constraint_splits_the_batch_dimension_only():
+  mesh = sharding.make_mesh((("data", 4), ("fsdp", 2)))
+  constrain = sharding.batch_constraint(mesh)
+  x = jnp.zeros((3, 8, 6))
+  out = jax.jit(lambda a: constrain(a, batch_dim=1) * 2)(x)
+  assert out.sharding.spec == P(None, ("data", "fsdp"))
+  assert jax.jit(lambda a: constrain(a))(jnp.zeros((8, 5))).sharding.spec == P(("data", "fsdp"))
