@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ovseg_jax import ensembles
+
 # CLIP's trained temperature: OpenAI's models end training at the clip bound, exp(logit_scale) = 100.
 CLIP_LOGIT_SCALE = 100.0
 
@@ -93,7 +95,6 @@ def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: A
 
 
 def classifier_names() -> list[str]:
-  from ovseg_jax import ensembles
   return ["learned", "clip_crop", "clip_dense"] + [f"ensemble:{name}" for name in sorted(ensembles.PUBLISHED)]
 
 
@@ -107,7 +108,6 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
   `name_groups` [names, C]. Ensembles: OVSeg and MAFT combine the segmenter with masked-crop CLIP; EBSeg's
   three sources are the segmenter (A), masked crops (B) and mask-pooled dense features (D).
   """
-  from ovseg_jax import ensembles
   if name == "learned":
     return None
   if name not in classifier_names():

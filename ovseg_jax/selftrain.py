@@ -9,6 +9,7 @@ Then S-Seg+ is evaluated beside its S-Seg teacher on the same held-out images. R
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from PIL import Image
 
+from data_pipelines import demo_data, shards
 from ovseg_jax import checkpoint, evaluate, loop, optim, progress, pseudo_label, sharding, train, visualize
 from ovseg_jax.models.upernet import UperNetViT
 from ovseg_jax.preprocessing import normalize_images
@@ -60,9 +63,6 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int) -
 
 def demo_train_images(teacher_config: ml_collections.ConfigDict, limit: int) -> list[tuple[str, np.ndarray]]:
   """The first `limit` images of this host's demo training shards (their captions are not used)."""
-  from data_pipelines import shards
-  from PIL import Image
-  import io
   paths = shards.host_shards(evaluate.demo_paths(teacher_config).train_shards, jax.process_index(),
                              jax.process_count())
   images = []
@@ -87,7 +87,6 @@ def make_teacher_predictor(teacher_config: ml_collections.ConfigDict, model: Any
 
 
 def pseudo_label_stage(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-  from data_pipelines import demo_data
   teacher_cfg = config.teacher
   model, params, step = train.restore_model(teacher_cfg, Path(config.teacher_workdir).expanduser())
   names = demo_data.class_names()
@@ -186,7 +185,6 @@ def train_stage(config: ml_collections.ConfigDict, workdir: Path, num_classes: i
 def evaluate_beside_teacher(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any,
                             step: int) -> dict[str, Any]:
   """S-Seg+ and its S-Seg teacher on the same held-out demo images: one table, results.json, overlays."""
-  from data_pipelines import demo_data
   split = demo_data.load_labelled_split(evaluate.demo_paths(config.teacher).eval_dir)
   names, background_id = list(split.class_names), split.class_names.index(evaluate.BACKGROUND)
   teacher_model, teacher_params, teacher_step = train.restore_model(config.teacher,
@@ -224,7 +222,6 @@ def evaluate_beside_teacher(config: ml_collections.ConfigDict, workdir: Path, mo
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  from data_pipelines import demo_data
   workdir = Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -237,7 +234,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
   """The `ovseg_jax.evaluate` command for a self-training workdir."""
-  from data_pipelines import demo_data
   stage = _Stage2(config, len(demo_data.class_names()))
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=False)
   restored = ckpt.restore_latest(stage.state)
