@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ovseg_jax import allocator
+
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
   """Median wall time of `fn()` over `repeats` calls after `warmup` untimed calls."""
@@ -26,7 +28,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
 def machine() -> dict[str, Any]:
   """Cores and load, printed beside the figures: these machines are shared and noisy."""
   return {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0], "python": platform.python_version(),
-          "tcmalloc": "tcmalloc" in os.environ.get("LD_PRELOAD", "")}
+          "malloc": allocator.active()}
 
 
 def report(title: str, rows: list[dict[str, Any]], out: str | Path | None) -> str:

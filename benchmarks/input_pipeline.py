@@ -19,6 +19,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks import common
+from ovseg_jax import allocator
 
 SAMPLES_PER_SHARD = 250
 
@@ -118,6 +119,7 @@ def demo_step_rate() -> float:
 
 def main(argv) -> None:
   del argv
+  allocator.reexec_with_fast_allocator("benchmarks.input_pipeline")  # As training runs (ovseg_jax/allocator.py).
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS

@@ -10,25 +10,21 @@ FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy
 pseudo masks per image and K-means beside sklearn's; the input pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
 `scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
 
-On CPU the allocator is most of the gap to PyTorch (see benchmarks/README.md): when Debian's
-libtcmalloc-minimal4 is installed, this command re-executes itself with it preloaded (`--tcmalloc=false` to
-compare), and the table says whether it was active.
+On CPU the allocator is most of the gap to PyTorch (see benchmarks/README.md): like the training commands, this
+one re-executes itself with mimalloc (or tcmalloc) preloaded (`ovseg_jax/allocator.py`; `OVSEG_MALLOC=system`
+to compare with glibc's), and the machine line says which allocator ran.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 
 import numpy as np
 from absl import app, flags, logging
 
 from benchmarks import common
-
-TCMALLOC_PATH = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
-
+from ovseg_jax import allocator
 
 def _compiled_flops(compiled) -> float:
   cost = compiled.cost_analysis()
@@ -252,9 +248,7 @@ def eval_row(config, num_images: int = 4) -> dict:
 def main(argv) -> None:
   del argv
   f = flags.FLAGS
-  if f.tcmalloc and os.path.exists(TCMALLOC_PATH) and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-    env = {**os.environ, "LD_PRELOAD": TCMALLOC_PATH}
-    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], env)
+  allocator.reexec_with_fast_allocator("benchmarks.run")
   logging.set_verbosity(logging.WARNING)
   from configs import sseg_cc12m, sseg_demo
   sections, rows = set(f.sections), []
@@ -305,6 +299,5 @@ if __name__ == "__main__":
                                  "eval"],
                     "Which measurements to run.")
   flags.DEFINE_string("torch_python", "", "A Python with torch and timm for the PyTorch peer.")
-  flags.DEFINE_bool("tcmalloc", True, "Re-run with libtcmalloc preloaded when it is installed.")
   flags.DEFINE_string("out", "", "JSON output path.")
   app.run(main)

@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from ovseg_jax import allocator  # noqa: E402
+
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/NAME.py[:variant].",
                                          lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory with checkpoints, metrics, results and overlays.")
@@ -33,5 +35,9 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None], required: tuple[str, ...] = ("config", "workdir")) -> None:
+  """Runs an entry point (`python -m MODULE`) with a fast allocator preloaded where one is installed."""
+  spec = getattr(sys.modules["__main__"], "__spec__", None)
+  if spec is not None:
+    allocator.reexec_with_fast_allocator(spec.name)
   flags.mark_flags_as_required(list(required))
   app.run(main, flags_parser=_parse)
