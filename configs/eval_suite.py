@@ -29,6 +29,17 @@ def dataset(name: str, threshold: float | None = None, root: str = "", split: st
   return entry
 
 
+def clip() -> ml_collections.ConfigDict:
+  """Which CLIP classifies masks for the non-learned classifiers (`ovseg_jax/classify.py`)."""
+  return ml_collections.ConfigDict(dict(
+      checkpoint="",  # OpenAI .pt, open_clip file or Hugging Face directory (ViT-B/16 in the papers).
+      activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
+      crop_size=0,  # 0: the CLIP's own input size.
+      mask_threshold=0.5,
+      seen_classes=(),
+      no_object_logit=-1.0))  # >= 0: a fixed "no object" class with this logit in CLIP's softmax (e.g. 20).
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
   if variant not in ("default", "vild", "without_background", "demo"):
@@ -42,13 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ovseg_ade, ovseg_context, ovseg_voc, maft, ebseg (published weights, ovseg_jax/ensembles.py). Each listed
   # classifier gets its own row in the results table.
   c.classifiers = ("learned",)
-  c.clip = ml_collections.ConfigDict(dict(
-      checkpoint="",  # OpenAI .pt, open_clip file or Hugging Face directory (ViT-B/16 in the papers).
-      activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
-      crop_size=0,  # 0: the CLIP's own input size.
-      mask_threshold=0.5,
-      seen_classes=(),
-      no_object_logit=-1.0))  # >= 0: a fixed "no object" class with this logit in CLIP's softmax (e.g. 20).
+  c.clip = clip()
   if variant == "vild":
     c.protocol.templates = "vild"
   if variant == "without_background":

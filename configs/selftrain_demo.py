@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_train_minutes = 8.0
   c.pseudo_labels.num_images = 6000
   c.init.from_teacher = True  # The demo has no MAE checkpoint; the teacher's image-text-trained ViT stands in.
-  c.data.image_size = c.teacher.data.image_size
+  size = c.teacher.data.image_size  # Whole 64-px images, flipped at random: no rescaling or cropping.
+  c.data.update(crop_size=size, scale=(size, size), ratio_range=(1.0, 1.0), cat_max_ratio=1.0, workers=2)
   c.model.backbone = c.teacher.model.backbone.to_dict()
   c.model.feature_blocks = ()  # Blocks at 4/6/8/12 twelfths of the teacher's depth.
   c.model.channels = 64

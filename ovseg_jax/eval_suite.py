@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,16 +107,54 @@ class ClipSetup:
   no_object_logit: float | None = None  # A fixed "no object" class for CLIP's softmax (None: off).
 
 
-class DatasetEvaluator:
-  """Scores images of any size with one compiled program per protocol (window x batch)."""
+class WindowEvaluator:
+  """Scores images of any size by sliding windows with one compiled program per protocol (window x batch).
+
+  `score_windows(*constants, windows uint8 [batch, window, window, 3]) -> [batch, len(class_ids), window,
+  window]`; the constants (params, text embeddings) are replicated. Windows are split over every local device
+  when the window batch divides evenly (one process: evaluation jobs run per host on their own images)."""
+
+  def __init__(self, score_windows: Callable[..., jax.Array], constants: tuple, class_ids: list[int],
+               background_id: int | None, protocol: Protocol):
+    self.protocol, self.background_id, self.class_ids = protocol, background_id, class_ids
+    devices = jax.local_devices()
+    self.mesh = sharding.make_mesh((("data", len(devices)),), devices) if protocol.batch_size % len(devices) == 0 \
+        else sharding.make_mesh((("data", 1),), devices[:1])
+    constants = jax.device_put(constants, sharding.replicated(self.mesh))
+    windows_sharding = sharding.batch_sharding(self.mesh)
+    self._score = lambda windows: np.asarray(score_windows(*constants, jax.device_put(windows, windows_sharding)))
+
+  def scores(self, image: np.ndarray) -> np.ndarray:
+    """[len(class_ids), h, w] class scores at the protocol's resolution."""
+    p = self.protocol
+    if p.short_side:
+      image = sliding_window.resize_short_side(image, p.short_side)
+    return sliding_window.slide(self._score, image, len(self.class_ids), p.window, p.stride, p.batch_size)
+
+  def _labels(self, scores: np.ndarray, threshold: float, hw: tuple[int, int]) -> np.ndarray:
+    return _nearest_resize(decide_labels(scores, self.class_ids, self.background_id, self.protocol, threshold), hw)
+
+  def predict(self, image: np.ndarray, threshold: float) -> np.ndarray:
+    """Dataset labels [H, W] at the image's own size."""
+    return self._labels(self.scores(image), threshold, image.shape[:2])
+
+  def predict_with_confidence(self, image: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [H, W], the best class score [H, W] in [0, 1]) at the image's own size: pseudo labels."""
+    scores = self.scores(image)
+    top = Image.fromarray(np.clip(scores.max(axis=0), 0.0, 1.0).astype(np.float32), mode="F")
+    confidence = np.asarray(top.resize(image.shape[1::-1], Image.BILINEAR))
+    return self._labels(scores, threshold, image.shape[:2]), confidence
+
+
+class DatasetEvaluator(WindowEvaluator):
+  """An S-Seg checkpoint as a window evaluator: masks classified by text (or CLIP) over a dataset's names."""
 
   def __init__(self, model: Any, params: Any, class_names: tuple[str, ...], background_id: int | None,
                protocol: Protocol, context_length: int, classifier: str = "learned", clip: ClipSetup | None = None):
     if classifier != "learned" and clip is None:
       raise ValueError(f"classifier {classifier!r} needs a CLIP: set clip.checkpoint in the eval config.")
-    self.protocol, self.background_id = protocol, background_id
-    self.class_ids = text_classes(class_names, background_id, protocol)
-    names = [class_names[i] for i in self.class_ids]
+    class_ids = text_classes(class_names, background_id, protocol)
+    names = [class_names[i] for i in class_ids]
     prompt_names, groups = inference.expand_synonyms(names, protocol.synonyms)
     text = inference.class_text_embeddings(model, params, prompt_names, protocol.templates, context_length)
     groups = jnp.asarray(groups)
@@ -128,30 +167,11 @@ class DatasetEvaluator:
                                               clip.crop_size, clip.mask_threshold,
                                               no_object_logit=clip.no_object_logit)
     segmenter = inference.make_segmenter(model, protocol.decode, reclassify)
-    # Windows are split over every local device when the window batch divides evenly (one process: evaluation
-    # jobs run per host on their own share of the images); the model and text are replicated.
-    devices = jax.local_devices()
-    self.mesh = sharding.make_mesh((("data", len(devices)),), devices) if protocol.batch_size % len(devices) == 0 \
-        else sharding.make_mesh((("data", 1),), devices[:1])
-    params, text, groups = jax.device_put((params, text, groups), sharding.replicated(self.mesh))
-    windows_sharding = sharding.batch_sharding(self.mesh)
-    self._score = lambda windows: np.asarray(
-        segmenter(params, jax.device_put(windows, windows_sharding), text, groups))
-
-  def scores(self, image: np.ndarray) -> np.ndarray:
-    """[len(class_ids), h, w] class scores at the protocol's resolution."""
-    p = self.protocol
-    if p.short_side:
-      image = sliding_window.resize_short_side(image, p.short_side)
-    return sliding_window.slide(self._score, image, len(self.class_ids), p.window, p.stride, p.batch_size)
-
-  def predict(self, image: np.ndarray, threshold: float) -> np.ndarray:
-    """Dataset labels [H, W] at the image's own size."""
-    labels = decide_labels(self.scores(image), self.class_ids, self.background_id, self.protocol, threshold)
-    return _nearest_resize(labels, image.shape[:2])
+    super().__init__(lambda p, t, g, windows: segmenter(p, windows, t, g), (params, text, groups), class_ids,
+                     background_id, protocol)
 
 
-def choose_threshold(evaluator: DatasetEvaluator, dataset: Any, candidates: np.ndarray | None = None) -> float:
+def choose_threshold(evaluator: WindowEvaluator, dataset: Any, candidates: np.ndarray | None = None) -> float:
   """The background threshold with the best mIoU on a tuning split (never the reported one)."""
   candidates = np.linspace(0.0, 1.0, 41) if candidates is None else candidates
   info = dataset.info
@@ -165,7 +185,7 @@ def choose_threshold(evaluator: DatasetEvaluator, dataset: Any, candidates: np.n
   return float(candidates[int(np.nanargmax([metrics.miou(c)[0] for c in confusions]))])
 
 
-def evaluate_dataset(evaluator: DatasetEvaluator, dataset: Any, threshold: float, out_dir: Path | None = None,
+def evaluate_dataset(evaluator: WindowEvaluator, dataset: Any, threshold: float, out_dir: Path | None = None,
                      num_overlays: int = 0) -> dict[str, Any]:
   """Confusion over the whole split -> mIoU, per-class IoU, pixel accuracy, fwIoU, seen/unseen mIoU."""
   info, protocol = dataset.info, evaluator.protocol
@@ -229,11 +249,7 @@ def run_suite(eval_config: ml_collections.ConfigDict, checkpoint_dir: Path, outp
   from data_pipelines import eval_datasets
   from ovseg_jax import train
   workdir = checkpoint_dir.parent if checkpoint_dir.name == "checkpoints" else checkpoint_dir
-  config_file = workdir / "config.json"
-  if not config_file.is_file():
-    raise FileNotFoundError(f"{config_file} is missing: --checkpoint must be a training workdir (with config.json "
-                            "and checkpoints/) written by `python -m ovseg_jax.main`.")
-  train_config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  train_config = train.workdir_config(workdir)
   if train_config.get("trainer") == "selftrain":
     raise ValueError(f"{workdir} holds a self-training (UperNet) run: evaluate it with `python -m ovseg_jax.evaluate "
                      "--config=configs/selftrain_demo.py --workdir=...`.")

@@ -39,10 +39,14 @@ def label_dtype(num_classes: int) -> np.dtype:
   return np.dtype(np.uint8 if num_classes < IGNORE_INDEX else np.uint16)
 
 
+def ignore_index(num_classes: int) -> int:
+  """The label value of unlabelled pixels: 255, or 65535 in 16-bit labels."""
+  return IGNORE_INDEX if label_dtype(num_classes) == np.uint8 else IGNORE_INDEX_16BIT
+
+
 def write_label(path: str | Path, label: np.ndarray, num_classes: int) -> None:
   """Writes class ids [H, W] (and ignore values) as a PNG that `read_label` returns unchanged."""
-  dtype = label_dtype(num_classes)
-  ignore = IGNORE_INDEX if dtype == np.uint8 else IGNORE_INDEX_16BIT
+  dtype, ignore = label_dtype(num_classes), ignore_index(num_classes)
   label = np.asarray(label)
   bad = (label < 0) | ((label >= num_classes) & (label != ignore))
   if np.any(bad):

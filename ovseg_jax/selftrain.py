@@ -1,32 +1,52 @@
 r"""S-Seg+ self-training: pseudo-label the target images with a trained S-Seg, then train UperNet on them.
 
   python -m ovseg_jax.selftrain --config=configs/selftrain_demo.py --workdir=/tmp/sseg_plus
+  python -m ovseg_jax.selftrain --config=configs/selftrain_voc.py --workdir=W --config.teacher_workdir=SSEG \
+      --config.data.root=VOCdevkit/VOC2012 --config.init.vit_checkpoint=mae_pretrain_vit_base.pth
 
-Stage 1 writes pseudo labels (`workdir/pseudo_labels/`, resumable) with the teacher's evaluation protocol
-(vocabulary, synonyms, background threshold). Stage 2 trains a ViT UperNet with per-pixel cross-entropy,
-layer-wise lr decay and a poly schedule, through the same loop, checkpoints and metrics as S-Seg training.
-Then S-Seg+ is evaluated beside its S-Seg teacher on the same held-out images. Re-running resumes.
+Stage 1 writes pseudo labels (`workdir/pseudo_labels/`, resumable, each host its share) with the teacher's
+evaluation protocol (vocabulary, synonyms, background rule; optionally a CLIP classifier or ensemble). Stage 2
+trains a ViT UperNet with per-pixel cross-entropy, layer-wise lr decay and a poly schedule on random crops,
+through the same loop, checkpoints and metrics as S-Seg training, initialised from a pretrained ViT (MAE) file
+or, on the demo, from the teacher's ViT. Then S-Seg+ is evaluated: beside its teacher on the demo
+(`selftrain_demo`), on the dataset's validation split otherwise (`selftrain_dataset`). Re-running resumes.
 """
 from __future__ import annotations
 
-import io
-import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from PIL import Image
+from jax.experimental import multihost_utils
 
-from data_pipelines import demo_data, shards
-from ovseg_jax import checkpoint, evaluate, loop, optim, progress, pseudo_label, sharding, train, visualize
+from ovseg_jax import checkpoint, loop, optim, progress, pseudo_label, segmentation_data, sharding, train
 from ovseg_jax.models.upernet import UperNetViT
 from ovseg_jax.preprocessing import normalize_images
+from ovseg_jax.selftrain_dataset import DatasetSource
+from ovseg_jax.selftrain_demo import DemoSource
+from ovseg_jax.weights.vit import read_vit_backbone
+
+
+class Source(Protocol):
+  """Where the second stage's images, pseudo labels and evaluation come from."""
+  num_classes: int
+
+  def pseudo_label(self, output: Path) -> dict[str, Any]:
+    ...
+
+  def training_samples(self, output: Path) -> tuple[int, Any]:
+    ...
+
+  def evaluate(self, workdir: Path, model: Any, params: Any, step: int) -> dict[str, Any]:
+    ...
+
+
+def make_source(config: ml_collections.ConfigDict) -> Source:
+  return DatasetSource(config) if config.data.get("dataset") else DemoSource(config)
 
 
 def build_upernet(cfg: ml_collections.ConfigDict, num_classes: int) -> UperNetViT:
@@ -61,87 +81,59 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, ignore_index: int) -
   return loss, {"loss": loss, "pixel_accuracy": accuracy, "labelled_fraction": jnp.mean(valid)}
 
 
-def demo_train_images(teacher_config: ml_collections.ConfigDict, limit: int) -> list[tuple[str, np.ndarray]]:
-  """The first `limit` images of this host's demo training shards (their captions are not used)."""
-  paths = shards.host_shards(evaluate.demo_paths(teacher_config).train_shards, jax.process_index(),
-                             jax.process_count())
-  images = []
-  for key, jpeg, _ in shards.iterate_samples(paths, shards.SkipStats()):
-    images.append((key, np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))))
-    if len(images) == limit:
-      break
-  return images
+def _resized_position_embedding(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """A [1, h, w, c] position embedding resized bicubically to another grid (as BEiT/MAE fine-tuning does)."""
+  return np.asarray(jax.image.resize(jnp.asarray(value, jnp.float32), shape, "bicubic"))
 
 
-def make_teacher_predictor(teacher_config: ml_collections.ConfigDict, model: Any, params: Any,
-                           class_names: list[str]):
-  """`predict(images) -> (labels, confidence)` with the teacher's evaluation protocol."""
-  threshold = evaluate.demo_background_threshold(teacher_config, model, params)
-  predict_split, background_id = evaluate.class_name_predictor(model, params, class_names, teacher_config.eval,
-                                                               teacher_config.data.context_length)
-
-  def predict(images: np.ndarray):
-    pred = predict_split(images)
-    return pred.labels(background_id, threshold), pred.best_score
-  return predict, threshold
-
-
-def pseudo_label_stage(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
-  teacher_cfg = config.teacher
-  model, params, step = train.restore_model(teacher_cfg, Path(config.teacher_workdir).expanduser())
-  names = demo_data.class_names()
-  predict, threshold = make_teacher_predictor(teacher_cfg, model, params, names)
-  images = demo_train_images(teacher_cfg, config.pseudo_labels.num_images)
-  counts = pseudo_label.label_images(iter(images), predict, workdir / "pseudo_labels", len(names),
-                                     teacher_cfg.eval.batch_size, total=len(images))
-  return {"teacher_step": step, "background_threshold": threshold, **counts}
-
-
-def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
-  """Positions start..start+count of the endless sequence of seeded per-epoch permutations of range(n)."""
-  out: list[int] = []
-  while len(out) < count:
-    epoch, offset = divmod(start + len(out), n)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    out.extend(order[offset:offset + count - len(out)].tolist())
-  return np.asarray(out)
-
-
-def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-             start_step: int) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of the permutation sequence with random horizontal flips; a resumed run continues at the
-  exact position `start_step * batch_size` of the same sequence."""
-  step = start_step
-  while True:
-    take = sample_indices(len(images), seed, step * batch_size, batch_size)
-    flip = (np.random.default_rng([seed, step]).random(batch_size) < 0.5)[:, None, None]
-    yield {"image": np.where(flip[..., None], images[take][:, :, ::-1], images[take]),
-           "label": np.where(flip, labels[take][:, :, ::-1], labels[take]).astype(np.int32)}
-    step += 1
-
-
-def _init_from_teacher(params: Any, teacher_params: Any) -> Any:
-  """Copies the teacher's ViT (S-Seg's image backbone) into the UperNet backbone, leaf by leaf."""
-  source = teacher_params["backbone"]["vit"]
+def _copy_backbone(params: Any, source: Any, what: str) -> Any:
+  """The UperNet params with every backbone leaf taken from `source` (same tree; the position embedding may
+  come from another grid); raises naming the first leaf that does not fit."""
   def take(path, leaf):
     names = [str(getattr(k, "key", k)) for k in path]
     value = source
-    for name in names:
-      value = value[name]
+    try:
+      for name in names:
+        value = value[name]
+    except KeyError:
+      raise checkpoint.CheckpointMismatchError(
+          f"{what} has no parameter {'/'.join(names)}: make model.backbone match it.") from None
+    value = np.asarray(value)
+    if names[-1] == "pos_embedding" and value.shape != leaf.shape and value.shape[-1] == leaf.shape[-1]:
+      value = _resized_position_embedding(value, leaf.shape)
     if value.shape != leaf.shape:
       raise checkpoint.CheckpointMismatchError(
-          f"teacher ViT parameter {'/'.join(names)} has shape {value.shape}, the UperNet backbone expects "
-          f"{leaf.shape}: make model.backbone match the teacher's model.backbone, or set init.from_teacher=False.")
+          f"{what}: parameter {'/'.join(names)} has shape {value.shape}, the UperNet backbone expects {leaf.shape}: "
+          "make model.backbone match it.")
     return jnp.asarray(value, leaf.dtype)
   return {**params, "backbone": jax.tree_util.tree_map_with_path(take, params["backbone"])}
 
 
+def initial_backbone(config: ml_collections.ConfigDict) -> tuple[Any, str] | None:
+  """(backbone params, description) from `init.vit_checkpoint` (MAE / DINO / timm ViT) or, with
+  `init.from_teacher`, the teacher's ViT; None for a random initialisation."""
+  if config.init.vit_checkpoint:
+    path = Path(config.init.vit_checkpoint).expanduser()
+    _, params = read_vit_backbone(path, num_heads=config.model.backbone.num_heads)
+    return params, f"ViT checkpoint {path}"
+  if config.init.from_teacher:
+    _, teacher_params, _ = train.restore_model(config.teacher, Path(config.teacher_workdir).expanduser())
+    return teacher_params["backbone"]["vit"], f"the teacher's ViT ({config.teacher_workdir})"
+  return None
+
+
+def crop_spec(config: ml_collections.ConfigDict, num_classes: int) -> segmentation_data.CropSpec:
+  d = config.data
+  return segmentation_data.CropSpec(d.crop_size, tuple(d.scale), tuple(d.ratio_range), d.cat_max_ratio,
+                                    pseudo_label.ignore_index(num_classes))
+
+
 class _Stage2:
-  """The second-stage model, its state and its training data, built from the config."""
+  """The second-stage model, its optimizer and its sharded state, built from the config."""
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
     self.mesh = sharding.make_mesh(config.mesh.axes)
-    size = config.data.image_size
+    size = config.data.crop_size
     self.model = build_upernet(config.model, num_classes)
 
     def init_params(key):
@@ -153,88 +145,51 @@ class _Stage2:
     self.state, self.shardings = train.create_sharded_state(init_params, self.tx, config, self.mesh)
 
 
-def train_stage(config: ml_collections.ConfigDict, workdir: Path, num_classes: int) -> tuple[Any, Any, int]:
-  stage = _Stage2(config, num_classes)
+def train_stage(config: ml_collections.ConfigDict, workdir: Path, source: Source) -> tuple[Any, Any, int]:
+  stage = _Stage2(config, source.num_classes)
   loop.describe_parameters(stage.state.params, workdir)
   ckpt, state, data_position = loop.resume(config, workdir, stage.state)
-  if data_position is None and config.init.from_teacher:
-    _, teacher_params, _ = train.restore_model(config.teacher, Path(config.teacher_workdir).expanduser())
-    state = jax.device_put(state.replace(params=_init_from_teacher(state.params, teacher_params)), stage.shardings)
+  if data_position is None and (initial := initial_backbone(config)) is not None:
+    backbone, what = initial
+    state = jax.device_put(state.replace(params=_copy_backbone(state.params, backbone, what)), stage.shardings)
+    progress.log(f"second stage: backbone initialised from {what}")
   start_step = int(state.step)
   if start_step < config.total_steps:
-    images, labels, confidence = pseudo_label.load_pseudo_labelled(
-        workdir / "pseudo_labels", demo_train_images(config.teacher, config.pseudo_labels.num_images))
-    labels = np.where(confidence >= config.pseudo_labels.min_confidence, labels, pseudo_label.IGNORE_INDEX)
-    progress.log(f"second stage: {len(images)} pseudo-labelled images, "
-                 f"{np.mean(labels != pseudo_label.IGNORE_INDEX):.1%} of pixels labelled")
+    num_samples, read_sample = source.training_samples(workdir / "pseudo_labels")
+    spec = crop_spec(config, source.num_classes)
     model = stage.model
 
     def loss_fn(params, batch, key, frozen):
       del frozen
       logits = model.apply({"params": params}, normalize_images(batch["image"]), train=True, rngs={"dropout": key})
-      return segmentation_loss(logits, batch["label"], pseudo_label.IGNORE_INDEX)
+      return segmentation_loss(logits, batch["label"], spec.ignore_index)
 
     step = train.make_step(loss_fn, stage.tx, stage.schedule, stage.mesh, stage.shardings)
     train_step = lambda state, batch, key: step(state, batch, key, None)
-    batches = _batches(images, labels, config.batch_size // jax.process_count(), config.seed, start_step)
+    host_seed = int(np.random.SeedSequence([config.seed, jax.process_index()]).generate_state(1)[0])
+    batches = segmentation_data.crop_batches(num_samples, read_sample, config.batch_size // jax.process_count(),
+                                             host_seed, start_step, spec, workers=config.data.workers)
     state = loop.run(config, workdir, stage.mesh, train_step, state, batches, ckpt, start_step)
   ckpt.close()
   return stage.model, state.params, int(state.step)
-
-
-def evaluate_beside_teacher(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any,
-                            step: int) -> dict[str, Any]:
-  """S-Seg+ and its S-Seg teacher on the same held-out demo images: one table, results.json, overlays."""
-  split = demo_data.load_labelled_split(evaluate.demo_paths(config.teacher).eval_dir)
-  names, background_id = list(split.class_names), split.class_names.index(evaluate.BACKGROUND)
-  teacher_model, teacher_params, teacher_step = train.restore_model(config.teacher,
-                                                                    Path(config.teacher_workdir).expanduser())
-  threshold = evaluate.demo_background_threshold(config.teacher, teacher_model, teacher_params)
-  teacher = evaluate.evaluate_labelled_split(teacher_model, teacher_params, split, config.teacher.eval,
-                                             config.teacher.data.context_length, threshold, seed=config.seed)
-  t0 = time.perf_counter()
-  predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, normalize_images(x)), axis=-1))
-  preds = []
-  for start in range(0, len(split.images), config.eval.batch_size):
-    chunk = split.images[start:start + config.eval.batch_size]
-    padded = np.zeros((config.eval.batch_size, *chunk.shape[1:]), chunk.dtype)
-    padded[:len(chunk)] = chunk
-    low = np.asarray(predict(params, padded))[:len(chunk)]
-    preds.append(np.asarray(jax.image.resize(low, (len(chunk), *split.labels.shape[1:]), "nearest")))
-  pred_labels = np.concatenate(preds).astype(np.int32)
-  results = {"num_images": len(split.images), "classes": names, "step": step, "teacher_step": teacher_step,
-             "teacher_background_threshold": threshold, "eval_seconds": time.perf_counter() - t0,
-             "sseg": teacher["trained"], "sseg_plus": evaluate.summary(pred_labels, split.labels, names, background_id),
-             "uniform_random": teacher["uniform_random"], "all_background": teacher["all_background"]}
-  visualize.save_overlays(workdir / "overlays", split.images, pred_labels, split.labels, names, prefix="sseg_plus",
-                          max_images=config.eval.num_overlays)
-  rows = [{"predictor": label, "mIoU": results[k]["miou"], "object-class mIoU": results[k]["object_miou"],
-           "pixel acc": results[k]["pixel_accuracy"]}
-          for k, label in (("sseg", "S-Seg (teacher)"), ("sseg_plus", "S-Seg+ (self-trained UperNet)"),
-                           ("uniform_random", "uniform random"), ("all_background", "all background"))]
-  table = visualize.markdown_table(rows, ["predictor", "mIoU", "object-class mIoU", "pixel acc"])
-  (workdir / "results.json").write_text(json.dumps(results, indent=2, default=float))
-  (workdir / "results.md").write_text(f"# S-Seg+ at step {step} beside its S-Seg teacher (step {teacher_step})\n\n"
-                                      f"{results['num_images']} held-out demo images\n\n{table}\n")
-  print(f"S-Seg+ (step {step}) beside S-Seg (step {teacher_step}) on {len(split.images)} held-out demo images:\n"
-        f"{table}", flush=True)
-  return results
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   workdir = Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  num_classes = len(demo_data.class_names())
+  source = make_source(config)
   if config.total_steps > 0 and not (workdir / "checkpoints").exists():
-    progress.log(f"pseudo labels: {pseudo_label_stage(config, workdir)}")
-  model, params, step = train_stage(config, workdir, num_classes)
-  return evaluate_beside_teacher(config, workdir, model, params, step)
+    progress.log(f"pseudo labels: {source.pseudo_label(workdir / 'pseudo_labels')}")
+    multihost_utils.sync_global_devices("pseudo labels written")  # Every host trains on every host's labels.
+  model, params, step = train_stage(config, workdir, source)
+  return source.evaluate(workdir, model, params, step)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
   """The `ovseg_jax.evaluate` command for a self-training workdir."""
-  stage = _Stage2(config, len(demo_data.class_names()))
+  source = make_source(config)
+  stage = _Stage2(config, source.num_classes)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, async_save=False)
   restored = ckpt.restore_latest(stage.state)
   ckpt.close()
@@ -242,7 +197,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: Path) -> dic
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}: run `python -m ovseg_jax.selftrain "
                             f"--config=... --workdir={workdir}` first.")
   state, _ = restored
-  return evaluate_beside_teacher(config, workdir, stage.model, state.params, int(state.step))
+  return source.evaluate(workdir, stage.model, state.params, int(state.step))
 
 
 def main(argv: list[str]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,15 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, para
     progress.log("evaluation of non-demo data runs with `python -m ovseg_jax.evaluate` and an eval config.")
     return {}
   return evaluate.evaluate_demo(config, workdir, model, params, step)
+
+
+def workdir_config(workdir: Path) -> ml_collections.ConfigDict:
+  """The config an S-Seg workdir was trained with (its config.json)."""
+  config_file = epath.Path(workdir) / "config.json"
+  if not config_file.is_file():
+    raise FileNotFoundError(f"{config_file} is missing: expected an S-Seg training workdir (with config.json and "
+                            "checkpoints/) written by `python -m ovseg_jax.main`.")
+  return ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Any, Any, int]:

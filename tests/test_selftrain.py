@@ -1,14 +1,19 @@
 """S-Seg+ self-training: pseudo-label files, layer-wise lr decay, poly schedule, UperNet, the demo end to end."""
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
+import safetensors.numpy
+from PIL import Image
 
-from configs import selftrain_demo
-from ovseg_jax import optim, pseudo_label, selftrain, train
+from configs import selftrain_demo, selftrain_voc
+from ovseg_jax import checkpoint, optim, pseudo_label, selftrain, train
 from ovseg_jax.models import upernet
+from test_vit_weights import HEADS, random_vit_state
 
 
 @pytest.mark.parametrize("num_classes", [13, 300, 847])
@@ -99,22 +104,19 @@ def test_segmentation_loss_is_cross_entropy_over_labelled_pixels():
   assert float(metrics["labelled_fraction"]) == pytest.approx(valid.mean())
 
 
-def test_batches_resume_at_the_exact_position():
-  images = np.arange(7)[:, None, None, None] * np.ones((7, 2, 2, 3), np.uint8)
-  labels = np.arange(7)[:, None, None] * np.ones((7, 2, 2), np.int32)
-  straight = selftrain._batches(images, labels, 3, seed=1, start_step=0)
-  seen = [next(straight)["label"][:, 0, 0] for _ in range(5)]
-  resumed = selftrain._batches(images, labels, 3, seed=1, start_step=3)
-  np.testing.assert_array_equal(next(resumed)["label"][:, 0, 0], seen[3])
-  flat = np.concatenate(seen)
-  assert sorted(flat[:7]) == list(range(7)) and sorted(flat[7:14]) == list(range(7))  # Each epoch once.
-
-
-def test_demo_self_training_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  """A tiny demo S-Seg trained for a few steps: (its config, its workdir)."""
+  tmp = tmp_path_factory.mktemp("teacher")
   config = selftrain_demo.get_config("tiny")
-  config.teacher.data.demo_root = str(tmp_path / "demo")
-  config.teacher_workdir = str(tmp_path / "teacher")
-  train.train_and_evaluate(config.teacher, tmp_path / "teacher")
+  config.teacher.data.demo_root = str(tmp / "demo")
+  train.train_and_evaluate(config.teacher, tmp / "workdir")
+  return config.teacher, tmp / "workdir"
+
+
+def test_demo_self_training_end_to_end(tmp_path, teacher):
+  config = selftrain_demo.get_config("tiny")
+  config.teacher, config.teacher_workdir = teacher[0], str(teacher[1])
   results = selftrain.run(config, tmp_path / "plus")
   saved = json.loads((tmp_path / "plus" / "results.json").read_text())
   assert saved["step"] == config.total_steps and 0.0 <= saved["sseg_plus"]["miou"] <= 1.0
@@ -122,3 +124,75 @@ def test_demo_self_training_end_to_end(tmp_path):
   assert len(list((tmp_path / "plus" / "pseudo_labels").glob("*_confidence.png"))) == 16
   assert "S-Seg+" in (tmp_path / "plus" / "results.md").read_text()
   assert list((tmp_path / "plus" / "overlays").glob("*.png"))
+
+
+def _tiny_voc(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
+  rng = np.random.default_rng(0)
+  for split, ids in (("train", ["a", "b", "c"]), ("val", ["d", "e"])):
+    for i in ids:
+      (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+      (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+      h, w = sizes[i]
+      Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+      Image.fromarray(rng.integers(0, 21, (h, w)).astype(np.uint8), mode="P").save(
+          root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+
+
+def _tiny_dataset_config(teacher_workdir: Path, root: Path) -> ml_collections.ConfigDict:
+  config = selftrain_voc.get_config()
+  tiny = selftrain_demo.get_config("tiny")
+  for key in ("model", "optimizer", "checkpoint", "batch_size", "log_every_steps"):
+    config[key] = tiny[key]
+  config.total_steps = 3
+  config.teacher_workdir, config.data.root = str(teacher_workdir), str(root)
+  config.data.update(crop_size=32, scale=(64, 48), workers=2)
+  config.pseudo_labels.protocol.update(short_side=64, window=64, stride=32, batch_size=2)
+  config.eval.update(short_side=48, window=32, stride=16, batch_size=2, num_overlays=1)
+  return config
+
+
+def test_dataset_self_training_labels_trains_and_evaluates(tmp_path, teacher):
+  sizes = {"a": (50, 70), "b": (64, 40), "c": (48, 48), "d": (40, 60), "e": (56, 44)}
+  _tiny_voc(tmp_path / "VOC2012", sizes)
+  config = _tiny_dataset_config(teacher[1], tmp_path / "VOC2012")
+  results = selftrain.run(config, tmp_path / "plus")
+  for key in "abc":  # Pseudo labels at each training image's own size, VOC class ids.
+    label = pseudo_label.read_label(tmp_path / "plus" / "pseudo_labels" / f"{key}.png")
+    assert label.shape == sizes[key] and label.min() >= 0 and label.max() < 21
+  assert not (tmp_path / "plus" / "pseudo_labels" / "d.png").exists()  # The val split is never labelled.
+  assert results["dataset"] == "voc" and results["num_images"] == 2 and results["step"] == 3
+  assert 0.0 <= results["miou"] <= 1.0
+  again = selftrain.evaluate_checkpoint(config, tmp_path / "plus")
+  assert again["miou"] == pytest.approx(results["miou"])
+
+
+def test_dataset_config_without_root_is_refused(tmp_path, teacher):
+  config = _tiny_dataset_config(teacher[1], tmp_path)
+  config.data.root = ""
+  with pytest.raises(ValueError, match="data.root"):
+    selftrain.run(config, tmp_path / "plus")
+
+
+def test_backbone_initialised_from_a_vit_checkpoint(tmp_path):
+  path = tmp_path / "mae_tiny.safetensors"
+  safetensors.numpy.save_file(random_vit_state(np.random.default_rng(3), depth=4), str(path))
+  config = selftrain_demo.get_config("tiny")
+  config.model.backbone.update(patch_size=4, width=32, depth=4, num_heads=HEADS, mlp_dim=48)
+  config.init.vit_checkpoint = str(path)
+  backbone, what = selftrain.initial_backbone(config)
+  assert str(path) in what
+  model = selftrain.build_upernet(config.model, 5)
+  params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)))["params"]
+  copied = selftrain._copy_backbone(params, backbone, what)["backbone"]
+  np.testing.assert_array_equal(copied["block_3"]["attn"]["query"]["kernel"],
+                                backbone["block_3"]["attn"]["query"]["kernel"])
+  assert copied["pos_embedding"].shape == (1, 8, 8, 32)  # The stored 4 x 4 grid resized to 32 / 4.
+  np.testing.assert_allclose(np.asarray(copied["pos_embedding"]).mean(axis=(1, 2)),
+                             backbone["pos_embedding"].mean(axis=(1, 2)), atol=0.05)
+  config.model.backbone.width = 64
+  wrong = selftrain.build_upernet(config.model, 5).init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                                                       jnp.zeros((1, 32, 32, 3)))["params"]
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="expects"):
+    selftrain._copy_backbone(wrong, backbone, what)

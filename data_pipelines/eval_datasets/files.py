@@ -23,6 +23,12 @@ def read_label(path: Path) -> np.ndarray:
     return np.asarray(image).astype(np.int32)
 
 
+def read_image(path: Path) -> np.ndarray:
+  """uint8 RGB [H, W, 3] of any image file PIL reads."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
 class FileDataset:
   """Examples (key, image, label) from `(key, image_path, label_path)` items; `map_label` turns the stored
   ids into the dataset's class ids (ignore = `info.ignore_index`)."""
@@ -45,9 +51,11 @@ class FileDataset:
       if not image_path.is_file() or not label_path.is_file():
         raise missing_files_error(self.info, image_path.parents[1], image_path if not image_path.is_file()
                                   else label_path)
-      with Image.open(image_path) as image:
-        rgb = np.asarray(image.convert("RGB"))
-      yield Example(key, rgb, self._map_label(read_label(label_path)).astype(np.int32))
+      yield Example(key, read_image(image_path), self._map_label(read_label(label_path)).astype(np.int32))
+
+  def image_files(self) -> list[tuple[str, Path]]:
+    """(key, image path) of every example, for jobs that need only the images (self-training)."""
+    return [(key, image_path) for key, image_path, _ in self._items]
 
 
 def split_ids(info: DatasetInfo, root: Path, list_file: Path) -> list[str]:
