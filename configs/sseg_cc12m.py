@@ -49,6 +49,7 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
   c.data.shuffle_buffer = 10_000
   c.data.context_length = 77
   c.data.text = "nouns_verbs"  # The captions' nouns and verbs (data_pipelines/captions.py), as published.
+  c.data.num_prompts = 3  # With data.text='multi_label': GroupViT's noun prompts per image (not in S-Seg).
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = ml_collections.ConfigDict(dict(name="Swin-S", drop_path_rate=0.3, checkpoint=""))

@@ -34,7 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.6, 1.0)
   c.data.shuffle_buffer = 2000
   c.data.context_length = 32
-  c.data.text = "caption"  # The whole (cleaned) caption; 'nouns_verbs' keeps only its nouns and verbs.
+  # The whole (cleaned) caption; 'nouns_verbs' keeps only its nouns and verbs; 'multi_label' adds
+  # `num_prompts` noun prompts per image as extra positives (GroupViT's multi-label contrastive loss).
+  c.data.text = "caption"
+  c.data.num_prompts = 3
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = ml_collections.ConfigDict(dict(

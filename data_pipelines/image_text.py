@@ -67,8 +67,9 @@ def make_image_text_iterator(
     crop_scale: tuple[float, float] = (0.5, 1.0),
     flip: bool = True,
     text_fn: Callable[[str], np.ndarray] | None = None,
-    caption_fn: Callable[[str], str] | None = None,
+    caption_fn: Callable[[str], str | tuple[str, ...]] | None = None,
     context_length: int = 77,
+    texts_per_sample: int = 1,
     num_parallel_calls: int = AUTOTUNE,
     prefetch: int = 2,
     deterministic: bool = True,
@@ -76,7 +77,8 @@ def make_image_text_iterator(
     position: ReadPosition | None = None,
     stats: shards_lib.SkipStats | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], shards_lib.SkipStats]:
-  """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` and their skip counts.
+  """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` (or [b, T, L] with T =
+  `texts_per_sample` > 1) and their skip counts.
 
   Args:
     shards: shard pattern(s), see `shards.expand_pattern`; this host reads its share only.
@@ -90,9 +92,12 @@ def make_image_text_iterator(
     crop_scale: (min, max) area fraction of the random crop.
     flip: randomly mirror half of the images left-right.
     text_fn: caption -> int32 tokens [L] or [1, L]; defaults to the CLIP tokenizer.
-    caption_fn: caption -> the text to tokenise (e.g. `captions.training_text`); samples for which it
-      returns an empty string are skipped and counted as 'no_text_after_cleaning'.
+    caption_fn: caption -> the text to tokenise (e.g. `captions.training_text`), or a tuple of
+      `texts_per_sample` texts whose first is the caption (`captions.make_caption_fn`); samples whose
+      (first) text is empty are skipped and counted as 'no_text_after_cleaning'; other empty texts of a
+      tuple become all-zero token rows (no SOT), which mark them missing.
     context_length: L.
+    texts_per_sample: T, the length of `caption_fn`'s tuples (1: one text, tokens [b, L]).
     num_parallel_calls: parallel decodes.
     prefetch: batches prepared ahead.
     deterministic: keep the batch order fixed by the seed; False lets a slow decode be overtaken.
@@ -117,8 +122,9 @@ def make_image_text_iterator(
     from data_pipelines import tokenizer  # Lazy: it loads the BPE vocabulary.
     text_fn = functools.partial(tokenizer.tokenize, context_length=context_length)
   stats = shards_lib.SkipStats() if stats is None else stats
+  token_shape = [context_length] if texts_per_sample == 1 else [texts_per_sample, context_length]
   signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
-               tf.TensorSpec([None, context_length], tf.int32), tf.TensorSpec([None], tf.int64))
+               tf.TensorSpec([None, *token_shape], tf.int32), tf.TensorSpec([None], tf.int64))
   options = tf.data.Options()
   options.deterministic = deterministic
 
@@ -128,6 +134,14 @@ def make_image_text_iterator(
       raise ValueError(f'text_fn returned shape {tokens.shape} for caption {caption!r}; '
                        f'expected [{context_length}] or [1, {context_length}] (context_length).')
     return tokens.reshape(context_length)
+
+  def sample_tokens(text: str | tuple[str, ...]) -> np.ndarray:
+    if texts_per_sample == 1:
+      return tokens_of(text)
+    if isinstance(text, str) or len(text) != texts_per_sample:
+      raise ValueError(f'caption_fn returned {text!r}; expected a tuple of texts_per_sample={texts_per_sample} '
+                       'texts.')
+    return np.stack([tokens_of(t) if t else np.zeros(context_length, np.int32) for t in text])
 
   def batches() -> Iterator[dict[str, np.ndarray]]:
     first_epoch = position.epoch if position is not None else start_epoch
@@ -153,13 +167,13 @@ def make_image_text_iterator(
           while chunk := list(itertools.islice(stream, _GENERATOR_CHUNK)):
             if caption_fn is not None:
               chunk = [(key, image, caption_fn(caption)) for key, image, caption in chunk]
-              kept = [sample for sample in chunk if sample[2]]
+              kept = [sample for sample in chunk if (sample[2][0] if isinstance(sample[2], tuple) else sample[2])]
               if len(kept) < len(chunk):
                 stats.add('no_text_after_cleaning', len(chunk) - len(kept))
               if not (chunk := kept):
                 continue
             keys, images, captions = zip(*chunk)
-            yield (np.array(keys, object), np.array(images, object), np.stack([tokens_of(c) for c in captions]),
+            yield (np.array(keys, object), np.array(images, object), np.stack([sample_tokens(c) for c in captions]),
                    np.arange(emitted, emitted + len(chunk)))
             emitted += len(chunk)
         except Exception as e:

@@ -135,3 +135,27 @@ def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array,
   labels = jnp.arange(logits.shape[0])
   accuracy = 0.5 * (jnp.mean(jnp.argmax(logits, 1) == labels) + jnp.mean(jnp.argmax(logits, 0) == labels))
   return {"loss": i2t + t2i, "i2t": i2t, "t2i": t2i, "accuracy": accuracy}
+
+
+def multi_label_contrastive_loss(image_emb: jax.Array, prompt_emb: jax.Array, prompt_valid: jax.Array,
+                                 logit_scale: jax.Array | float) -> dict[str, jax.Array]:
+  """GroupViT's multi-label contrastive loss (GroupViT eqs. 4-5): every prompt of an image is its positive.
+
+  image_emb [B, D]; prompt_emb [B, K, D]; prompt_valid bool [B, K] (False for missing nouns).
+  L_I->T = -log(sum_k exp(s_i,ik) / sum_j sum_k exp(s_i,jk)), over images with a valid prompt;
+  L_T->I = -log(exp(s_ik,i) / sum_j exp(s_ik,j)), over valid prompts; loss = their sum.
+  """
+  b, k, d = prompt_emb.shape
+  x = _l2_normalize(image_emb.astype(jnp.float32))
+  y = _l2_normalize(prompt_emb.astype(jnp.float32)).reshape(b * k, d)
+  valid = prompt_valid.reshape(b * k)
+  logits = logit_scale * jnp.einsum("id,jd->ij", x, y, precision=_HIGHEST)  # [B, B*K]
+  own = jnp.repeat(jnp.eye(b, dtype=bool), k, axis=1) & valid[None]
+  never = jnp.float32(-1e9)  # Finite, so rows without positives give no NaN gradients.
+  has_prompt = jnp.any(own, axis=1)
+  i2t_rows = (jax.nn.logsumexp(jnp.where(valid[None], logits, never), axis=1)
+              - jax.nn.logsumexp(jnp.where(own, logits, never), axis=1))
+  i2t = jnp.sum(jnp.where(has_prompt, i2t_rows, 0.0)) / jnp.maximum(jnp.sum(has_prompt), 1)
+  t2i_rows = jax.nn.logsumexp(logits, axis=0) - jnp.sum(jnp.where(own, logits, 0.0), axis=0)
+  t2i = jnp.sum(jnp.where(valid, t2i_rows, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+  return {"loss": i2t + t2i, "i2t": i2t, "t2i": t2i}

@@ -93,15 +93,25 @@ def sseg_loss(params: Any, model: Any, batch: dict[str, jax.Array], key: jax.Arr
   mask_key, dropout_key = jax.random.split(key)
   targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key, dino_params))
   targets, valid = constrain(targets), constrain(valid)
-  out = model.apply({"params": params}, normalize_images(batch["image"]), batch["tokens"], train=True,
-                    rngs={"dropout": dropout_key})
+  tokens = batch["tokens"]  # [B, L], or [B, 1 + K, L]: the caption, then K noun prompts (multi-label).
+  out = model.apply({"params": params}, normalize_images(batch["image"]), tokens if tokens.ndim == 2 else tokens[:, 0],
+                    train=True, rngs={"dropout": dropout_key})
   out = {**out, "pred_masks": constrain(out["pred_masks"], batch_dim=1)}
   pred_hw = out["pred_masks"].shape[-2:]
   targets = pseudo_masks.resize_masks(targets, pred_hw)
   mask = mask_losses(out["pred_masks"], targets, valid, cfg.loss)
   contrastive = losses.contrastive_loss(out["image_embedding"], out["text_embedding"], out["logit_scale"])
   total = cfg.loss.weight_mask * mask["loss"] + cfg.loss.weight_contrastive * contrastive["loss"]
-  metrics = {"loss": total, "mask_loss": mask["loss"], "focal": mask["focal"], "dice": mask["dice"],
+  extra = {}
+  if tokens.ndim == 3:
+    prompts = tokens[:, 1:]
+    b, k, length = prompts.shape
+    prompt_emb = model.apply({"params": params}, prompts.reshape(b * k, length), method="encode_text")
+    multi = losses.multi_label_contrastive_loss(out["image_embedding"], prompt_emb.reshape(b, k, -1),
+                                                prompts[..., 0] != 0, out["logit_scale"])
+    total = total + cfg.loss.weight_contrastive * multi["loss"]
+    extra = {"multi_label_loss": multi["loss"], "prompts_per_image": jnp.mean(jnp.sum(prompts[..., 0] != 0, -1))}
+  metrics = {**extra, "loss": total, "mask_loss": mask["loss"], "focal": mask["focal"], "dice": mask["dice"],
              "contrastive_loss": contrastive["loss"], "contrastive_accuracy": contrastive["accuracy"],
              "logit_scale": out["logit_scale"], "pseudo_masks_per_image": jnp.mean(jnp.sum(valid, -1))}
   if "empty" in mask:

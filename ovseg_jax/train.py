@@ -183,6 +183,13 @@ def _all_read_positions(positions: list[image_text.ReadPosition]) -> dict[str, A
   return {"read_positions": np.asarray(gathered).reshape(-1, len(positions), 2).tolist()}
 
 
+def _text_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What each sample's text becomes (`data.text`; with 'multi_label', `data.num_prompts` noun prompts)."""
+  mode, num_prompts = config.data.get("text", "caption"), config.data.get("num_prompts", 3)
+  return {"caption_fn": captions.make_caption_fn(mode, num_prompts, seed=config.seed + jax.process_index()),
+          "texts_per_sample": 1 + num_prompts if mode == "multi_label" else 1}
+
+
 def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardings, sources, ckpt, start_step,
                 positions: list[image_text.ReadPosition]):
   dino_module, dino_params = pseudo_mask_dino(config.pseudo_masks) or (None, None)
@@ -196,7 +203,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, state, state_shardin
       process_index=jax.process_index(), process_count=jax.process_count(), positions=positions,
       seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
       crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length,
-      caption_fn=functools.partial(captions.training_text, mode=config.data.get("text", "caption")))
+      **_text_options(config))
   return loop.run(config, workdir, mesh, train_step, state, batches, ckpt, start_step, skip_stats.as_metrics,
                   functools.partial(_all_read_positions, positions))
 

@@ -286,3 +286,31 @@ def test_resumed_reading_continues_after_the_finished_shards(tmp_path):
   rest = [k.decode() for b in _take(resumed, (len(references) - len(finished)) // 8) for k in b['key']]
   assert not finished & set(rest)  # No finished shard is read again...
   assert sorted(rest) == sorted(set(references) - finished)  # ...and every other sample of the epoch is.
+
+
+def test_several_texts_per_sample_give_token_rows_with_missing_ones_zero(clean_shards):
+  paths, references = clean_shards
+  def caption_fn(caption):
+    key = caption.split(' ')[0]
+    return ('', 'x', '') if key == '000000000' else (caption, f'{key} prompt', '')
+  batches, stats = image_text.make_image_text_iterator(
+      paths, batch_size=2, image_size=16, caption_fn=caption_fn, text_fn=_text_fn, context_length=CONTEXT_LENGTH,
+      texts_per_sample=3)
+  keys = []
+  for batch in _take(batches, 6):
+    assert batch['tokens'].shape == (2, 3, CONTEXT_LENGTH)
+    for tokens in batch['tokens']:
+      key = _key_of(tokens[0])
+      keys.append(key)
+      np.testing.assert_array_equal(tokens[1], _text_fn(f'{key} prompt')[0])
+      assert not tokens[2].any()
+  assert '000000000' not in keys and stats.counts['no_text_after_cleaning'] >= 1
+
+
+def test_caption_fn_of_the_wrong_arity_is_named(clean_shards):
+  paths, _ = clean_shards
+  batches, _ = image_text.make_image_text_iterator(
+      paths, batch_size=2, image_size=16, caption_fn=lambda c: (c, 'a'), text_fn=_text_fn,
+      context_length=CONTEXT_LENGTH, texts_per_sample=3)
+  with pytest.raises(ValueError, match='texts_per_sample=3'):
+    _take(batches, 10)

@@ -157,3 +157,43 @@ def test_bad_shapes_name_the_fix():
     losses.pairwise_mask_cost(jnp.zeros((1, 3, 4, 4)), jnp.zeros((1, 2, 16)))
   with pytest.raises(ValueError, match="same shape"):
     losses.contrastive_loss(jnp.zeros((4, 8)), jnp.zeros((4, 6)), 10.0)
+
+
+def _np_multi_label(image, prompts, valid, scale):
+  """GroupViT eqs. 4-5 in float64 loops: image i's positives are its valid prompts."""
+  b, k, _ = prompts.shape
+  x = image / np.linalg.norm(image, axis=1, keepdims=True)
+  y = prompts / np.linalg.norm(prompts, axis=2, keepdims=True)
+  s = scale * np.einsum("id,jkd->ijk", x, y)  # [image, owner, prompt]
+  i2t_terms = []
+  for i in range(b):
+    if valid[i].any():
+      numerator = sum(np.exp(s[i, i, q]) for q in range(k) if valid[i, q])
+      denominator = sum(np.exp(s[i, j, q]) for j in range(b) for q in range(k) if valid[j, q])
+      i2t_terms.append(-np.log(numerator / denominator))
+  t2i_terms = [-scipy.special.log_softmax(s[:, j, q])[j] for j in range(b) for q in range(k) if valid[j, q]]
+  return np.mean(i2t_terms), np.mean(t2i_terms)
+
+
+def test_multi_label_contrastive_loss_matches_groupvit_definition():
+  rng = np.random.default_rng(11)
+  b, k, dim, scale = 5, 3, 6, 4.0
+  image = rng.normal(0, 3, (b, dim))
+  prompts = 0.4 * image[:, None] + rng.normal(0, 1, (b, k, dim))
+  valid = rng.random((b, k)) < 0.6
+  valid[0] = False  # An image without nouns takes no part in L_I->T.
+  valid[1, 0] = True
+  got = jax.jit(losses.multi_label_contrastive_loss)(image.astype(np.float32), prompts.astype(np.float32), valid,
+                                                     scale)
+  i2t, t2i = _np_multi_label(image, prompts, valid, scale)
+  np.testing.assert_allclose(got["i2t"], i2t, rtol=1e-5)
+  np.testing.assert_allclose(got["t2i"], t2i, rtol=1e-5)
+  grads = jax.grad(lambda p: losses.multi_label_contrastive_loss(image, p, valid, scale)["loss"])(jnp.asarray(prompts))
+  assert np.all(np.isfinite(grads)) and not np.any(np.asarray(grads)[~valid])  # Missing prompts get no gradient.
+
+
+def test_multi_label_loss_with_one_prompt_each_is_the_plain_contrastive_loss():
+  rng = np.random.default_rng(12)
+  image, text = rng.normal(size=(4, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+  multi = losses.multi_label_contrastive_loss(image, text[:, None], np.ones((4, 1), bool), 3.0)
+  np.testing.assert_allclose(multi["loss"], losses.contrastive_loss(image, text, 3.0)["loss"], rtol=1e-6)

@@ -143,3 +143,14 @@ def test_read_positions_round_trip_through_the_checkpoint_data():
   # Written by two hosts, resumed by one: the shard split changes, so each source's earliest epoch restarts.
   two_hosts = {"read_positions": [[[3, 1], [4, 4]], [[2, 7], [5, 0]]]}
   assert train._host_read_positions(two_hosts, 2) == [image_text.ReadPosition(2), image_text.ReadPosition(4)]
+
+
+def test_multi_label_texts_train_with_the_extra_loss(tmp_path):
+  config = sseg_demo.get_config("tiny")
+  config.data.demo_root = str(tmp_path / "demo")
+  config.data.text, config.data.num_prompts = "multi_label", 2
+  config.total_steps, config.log_every_steps = 4, 2
+  train.train_and_evaluate(config, tmp_path / "run")
+  logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert logged and all(np.isfinite(r["multi_label_loss"]) and r["multi_label_loss"] > 0 for r in logged)
+  assert all(0 < r["prompts_per_image"] <= 2 for r in logged)
