@@ -2,12 +2,18 @@ r"""Standard conversions of raw benchmark downloads into the layouts the evaluat
 
   python -m data_pipelines.prepare coco_stuff --root=/data/coco      # raw COCO-Stuff maps -> 171 ids
   python -m data_pipelines.prepare cityscapes --root=/data/cityscapes  # labelIds -> labelTrainIds PNGs
+  python -m data_pipelines.prepare pascal_context --root=/data/VOCdevkit/VOC2010  # .mat -> 60 and 459 ids
 
 `coco_stuff` reads ROOT/stuffthingmaps_trainval2017/{train,val}2017/*.png (the COCO-Stuff release: category
 id - 1 per pixel) and writes ROOT/stuffthingmaps_detectron2/{train,val}2017/*.png with the 171 contiguous ids
 the `coco_stuff` and `coco_object` readers take. `cityscapes` writes NAME_gtFine_labelTrainIds.png beside
-each NAME_gtFine_labelIds.png (the reader also maps on the fly). VOC and ADE20K-150 need no conversion;
-Pascal Context needs mmseg's `tools/convert_datasets/pascal_context.py` (it reads the Detail API's .mat files).
+each NAME_gtFine_labelIds.png (the reader also maps on the fly). `pascal_context` reads the release's
+ROOT/trainval/ID.mat files (`LabelMap`: 1..459 = line of labels.txt, 0 = unlabelled) and writes
+ROOT/SegmentationClassContext/ID.png (context59/60 ids: the 59 classes, everything else background, as mmseg's
+conversion does) and ROOT/annotations_detectron2/pc459_SPLIT/ID.tif (0..458, 65535 unlabelled), plus
+ImageSets/SegmentationContext/{train,val}.txt from VOC2010's ImageSets/Main lists when missing (4,998 / 5,105
+images). VOC and ADE20K-150 need no conversion; ADE20K-847 needs MaskFormer's
+datasets/prepare_ade20k_full_sem_seg.py (it reads the ADE20K_2021_17_01 index pickle).
 Finished outputs are never rewritten, and each file is written atomically, so an interrupted run can resume.
 """
 from __future__ import annotations
@@ -22,14 +28,17 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from data_pipelines.eval_datasets import cityscapes, coco
+from data_pipelines.eval_datasets import cityscapes, coco, pascal_context
 from data_pipelines.eval_datasets.files import read_label
 
 ROOT = flags.DEFINE_string("root", None, "The dataset's root directory.")
 
 
-def _convert(pairs: Iterable[tuple[Path, Path]], table: np.ndarray, what: str) -> dict[str, int]:
-  """Writes table[label] for each (source, target) pair whose target does not exist yet."""
+_FORMATS = {".png": "PNG", ".tif": "TIFF"}
+
+
+def _convert(pairs: Iterable[tuple[Path, Path]], convert: Callable[[Path], np.ndarray], what: str) -> dict[str, int]:
+  """Writes convert(source) to each target (PNG or TIFF by its suffix) that does not exist yet."""
   counts = {"written": 0, "already_done": 0}
   last = time.perf_counter()
   for source, target in pairs:
@@ -38,7 +47,7 @@ def _convert(pairs: Iterable[tuple[Path, Path]], table: np.ndarray, what: str) -
       continue
     target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    Image.fromarray(table[np.clip(read_label(source), 0, 255)]).save(buffer, format="PNG")
+    Image.fromarray(convert(source)).save(buffer, format=_FORMATS[target.suffix])
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, target)
@@ -50,13 +59,17 @@ def _convert(pairs: Iterable[tuple[Path, Path]], table: np.ndarray, what: str) -
   return counts
 
 
+def _lookup(table: np.ndarray) -> Callable[[Path], np.ndarray]:
+  return lambda source: table[np.clip(read_label(source), 0, 255)]
+
+
 def prepare_coco_stuff(root: Path) -> dict[str, int]:
   raw = root / "stuffthingmaps_trainval2017"
   if not raw.is_dir():
     raise FileNotFoundError(f"{raw} is missing: unpack the COCO-Stuff release's stuffthingmaps_trainval2017.zip "
                             f"into {root}.")
   pairs = [(p, root / "stuffthingmaps_detectron2" / p.parent.name / p.name) for p in sorted(raw.glob("*2017/*.png"))]
-  return _convert(pairs, coco.raw_to_171(), "coco_stuff")
+  return _convert(pairs, _lookup(coco.raw_to_171()), "coco_stuff")
 
 
 def prepare_cityscapes(root: Path) -> dict[str, int]:
@@ -65,11 +78,55 @@ def prepare_cityscapes(root: Path) -> dict[str, int]:
     raise FileNotFoundError(f"{gt} is missing: unpack gtFine_trainvaltest.zip into {root}.")
   pairs = [(p, p.with_name(p.name.replace("_labelIds.png", "_labelTrainIds.png")))
            for p in sorted(gt.glob("*/*/*_gtFine_labelIds.png"))]
-  return _convert(pairs, cityscapes.label_id_to_train_id(), "cityscapes")
+  return _convert(pairs, _lookup(cityscapes.label_id_to_train_id()), "cityscapes")
+
+
+def _label_map(path: Path) -> np.ndarray:
+  import scipy.io
+  try:
+    return np.asarray(scipy.io.loadmat(path)["LabelMap"]).astype(np.int64)
+  except (ValueError, KeyError, OSError) as e:
+    raise ValueError(f"{path}: not a Pascal Context .mat file with a LabelMap ({e}); unpack trainval.tar.gz again.") from e
+
+
+def _context_split_ids(root: Path, have: set[str]) -> dict[str, list[str]]:
+  """{train, val}: ids of ImageSets/SegmentationContext lists, written from ImageSets/Main when missing."""
+  splits = {}
+  for split in ("train", "val"):
+    listed = root / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+    if not listed.is_file():
+      main = root / "ImageSets" / "Main" / f"{split}.txt"
+      if not main.is_file():
+        raise FileNotFoundError(f"{main} is missing: ROOT must be VOCdevkit/VOC2010 of the VOC 2010 release.")
+      ids = [line.split()[0] for line in main.read_text().splitlines() if line.strip()]
+      listed.parent.mkdir(parents=True, exist_ok=True)
+      listed.write_text("".join(f"{i}\n" for i in ids if i in have))
+    splits[split] = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+  return splits
+
+
+def prepare_pascal_context(root: Path) -> dict[str, int]:
+  mats = root / "trainval"
+  if not mats.is_dir():
+    raise FileNotFoundError(f"{mats} is missing: unpack the Pascal Context release's trainval.tar.gz (one .mat "
+                            f"LabelMap per image) into {root} (VOCdevkit/VOC2010).")
+  have = {p.stem for p in mats.glob("*.mat")}
+  splits = {split: [i for i in ids if i in have] for split, ids in _context_split_ids(root, have).items()}
+  to_60 = pascal_context.label_459_to_60()
+  counts = _convert([(mats / f"{i}.mat", root / "SegmentationClassContext" / f"{i}.png")
+                     for ids in splits.values() for i in ids], lambda p: to_60[_label_map(p)], "context59/60")
+  ignore = pascal_context.IGNORE_459
+  to_459 = lambda p: np.where((m := _label_map(p)) == 0, ignore, m - 1).astype(np.uint16)
+  for split, ids in splits.items():
+    pairs = [(mats / f"{i}.mat", root / "annotations_detectron2" / f"pc459_{split}" / f"{i}.tif") for i in ids]
+    for key, value in _convert(pairs, to_459, f"context459 {split}").items():
+      counts[key] += value
+  return counts
 
 
 CONVERSIONS: dict[str, Callable[[Path], dict[str, int]]] = {"coco_stuff": prepare_coco_stuff,
-                                                            "cityscapes": prepare_cityscapes}
+                                                            "cityscapes": prepare_cityscapes,
+                                                            "pascal_context": prepare_pascal_context}
 
 
 def main(argv: list[str]) -> None:
@@ -77,7 +134,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"usage: python -m data_pipelines.prepare {{{','.join(CONVERSIONS)}}} --root=DIR")
   try:
     CONVERSIONS[argv[1]](Path(ROOT.value).expanduser())
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 
 from data_pipelines import eval_datasets
 from data_pipelines.eval_datasets import coco, pascal_context, voc
+from data_pipelines.eval_datasets.files import read_label
 
 RNG = np.random.default_rng(0)
 
@@ -162,3 +163,68 @@ def test_prepare_coco_stuff_and_cityscapes_convert_once(tmp_path):
       np.asarray(Image.open(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelTrainIds.png")), [[0, 18, 255]])
   with pytest.raises(FileNotFoundError, match="stuffthingmaps_trainval2017.zip"):
     prepare.prepare_coco_stuff(tmp_path / "empty")
+
+
+def _uint16_tif(path: Path, label: np.ndarray) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(label.astype(np.uint16)).save(path)
+
+
+def test_context459_reads_uint16_labels_with_65535_ignored(tmp_path):
+  root = tmp_path / "VOC2010"
+  _image(root / "JPEGImages" / "2008_000008.jpg")
+  label = RNG.integers(0, 459, (6, 8))
+  label[0, :3] = [458, 300, 65535]
+  _uint16_tif(root / "annotations_detectron2" / "pc459_val" / "2008_000008.tif", label)
+  dataset = eval_datasets.load("context459", root, "val")
+  example = next(iter(dataset))
+  assert dataset.info.num_classes == 459 and dataset.info.ignore_index == 65535
+  np.testing.assert_array_equal(example.label, label)
+  assert dataset.info.class_names[458] == "wool" and len(set(dataset.info.class_names)) == 459
+  with pytest.raises(FileNotFoundError, match="pc459_train"):
+    eval_datasets.load("context459", root, "train")
+
+
+def test_ade847_reads_uint16_labels_and_comma_synonyms(tmp_path):
+  root = tmp_path / "ADE20K_2021_17_01"
+  _image(root / "images_detectron2" / "validation" / "ADE_val_00000001.jpg")
+  label = RNG.integers(0, 847, (6, 8))
+  label[0, 0] = 65535
+  _uint16_tif(root / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif", label)
+  dataset = eval_datasets.load("ade847", root, "val")
+  np.testing.assert_array_equal(next(iter(dataset)).label, label)
+  info = dataset.info
+  assert info.num_classes == 847 and len(set(info.class_names)) == 847 and info.ignore_index == 65535
+  assert info.synonyms["building, edifice"] == ("building", "edifice") and "wall" not in info.synonyms
+
+
+def test_prepare_pascal_context_from_the_release_mat_files(tmp_path):
+  import scipy.io
+  from data_pipelines import prepare
+  root = tmp_path / "VOC2010"
+  label_maps = {"2008_000002": RNG.integers(0, 460, (5, 7)), "2008_000003": RNG.integers(0, 460, (4, 6))}
+  label_maps["2008_000002"][0, :4] = [0, 2, 459, 1]  # unlabelled, aeroplane, wool (not among the 59), accordion
+  for key, label_map in label_maps.items():
+    (root / "trainval").mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(root / "trainval" / f"{key}.mat", {"LabelMap": label_map.astype(np.uint16)})
+  (root / "ImageSets" / "Main").mkdir(parents=True)
+  (root / "ImageSets" / "Main" / "train.txt").write_text("2008_000002\n2008_000099\n")  # 99: no Context labels.
+  (root / "ImageSets" / "Main" / "val.txt").write_text("2008_000003\n")
+  assert prepare.prepare_pascal_context(root) == {"written": 4, "already_done": 0}
+  # mmseg's tools/convert_datasets/pascal_context.py: the 59 classes' label ids, sorted, with 0 for background.
+  mmseg_ids = sorted([0, 2, 259, 260, 415, 324, 9, 258, 144, 18, 19, 22, 23, 397, 25, 284, 158, 159, 416, 33, 162,
+                      420, 454, 295, 296, 427, 44, 45, 46, 308, 59, 440, 445, 31, 232, 65, 354, 424, 68, 326, 72, 458,
+                      34, 207, 80, 355, 85, 347, 220, 349, 360, 98, 187, 104, 105, 366, 189, 368, 113, 115])
+  for key, split in (("2008_000002", "train"), ("2008_000003", "val")):
+    raw = label_maps[key]
+    expected_60 = np.vectorize(lambda v: mmseg_ids.index(v) if v in mmseg_ids else 0)(raw)
+    np.testing.assert_array_equal(read_label(root / "SegmentationClassContext" / f"{key}.png"), expected_60)
+    np.testing.assert_array_equal(read_label(root / "annotations_detectron2" / f"pc459_{split}" / f"{key}.tif"),
+                                  np.where(raw == 0, 65535, raw - 1))
+  assert (root / "ImageSets" / "SegmentationContext" / "train.txt").read_text() == "2008_000002\n"
+  _image(root / "JPEGImages" / "2008_000002.jpg", hw=(5, 7))
+  c60 = eval_datasets.load("context60", root, "train")
+  assert c60.info.class_names[mmseg_ids.index(2)] == "aeroplane" and next(iter(c60)).label[0, 1] == 1
+  assert prepare.prepare_pascal_context(root) == {"written": 0, "already_done": 4}
+  with pytest.raises(FileNotFoundError, match="trainval.tar.gz"):
+    prepare.prepare_pascal_context(tmp_path / "empty")

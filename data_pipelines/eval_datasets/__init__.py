@@ -21,9 +21,11 @@ READERS: dict[str, Callable[[str | Path, str], EvalDataset]] = {
     "voc20": voc.voc20,
     "context59": pascal_context.context59,
     "context60": pascal_context.context60,
+    "context459": pascal_context.context459,
     "coco_object": coco.coco_object,
     "coco_stuff": coco.coco_stuff,
     "ade150": ade.ade150,
+    "ade847": ade.ade847,
     "cityscapes": cityscapes.cityscapes,
 }
 

@@ -1,8 +1,13 @@
-"""ADE20K-150 (SceneParsing benchmark) in mmseg's layout.
+"""ADE20K-150 (SceneParsing benchmark) in mmseg's layout, and the full ADE20K-847.
 
-Layout: ROOT/images/{training,validation}/ID.jpg, ROOT/annotations/{training,validation}/ID.png with 0 =
-"other" (ignored) and 1..150 the classes, reduced to 0..149 (mmseg's `reduce_zero_label`).
-Class names: the SceneParsing benchmark's (BSD-3-Clause), as mmseg lists them.
+ade150: ROOT/images/{training,validation}/ID.jpg, ROOT/annotations/{training,validation}/ID.png with 0 =
+"other" (ignored) and 1..150 the classes, reduced to 0..149 (mmseg's `reduce_zero_label`). Class names: the
+SceneParsing benchmark's (BSD-3-Clause), as mmseg lists them.
+ade847: ROOT = ADE20K_2021_17_01 after MaskFormer's datasets/prepare_ade20k_full_sem_seg.py:
+ROOT/images_detectron2/{training,validation}/ID.jpg, ROOT/annotations_detectron2/{training,validation}/ID.tif
+(uint16: 0..846 the classes, 65535 unlabelled). Class names (classes/ade20k_847.txt): the 847 ADE20K
+categories in the order of Mask2Former's register_ade20k_full.py (MIT licence); each comma-separated synonym
+is a prompt name of its class.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.eval_datasets.base import DatasetInfo
-from data_pipelines.eval_datasets.files import FileDataset, missing_files_error
+from data_pipelines.eval_datasets.files import FileDataset, comma_synonyms, label_dir_items, read_class_names
 
 CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -31,14 +36,23 @@ CLASSES = (
     "bulletin board", "shower", "radiator", "glass", "clock", "flag")
 LAYOUT = ("ROOT/images/validation/ID.jpg, ROOT/annotations/validation/ID.png (ROOT = ADEChallengeData2016 of the "
           "SceneParsing release)")
+CLASSES_847 = read_class_names("ade20k_847.txt")
+LAYOUT_847 = ("ROOT/images_detectron2/validation/ID.jpg, ROOT/annotations_detectron2/validation/ID.tif (ROOT = "
+              "ADE20K_2021_17_01 after MaskFormer's datasets/prepare_ade20k_full_sem_seg.py)")
 _SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
 
 def ade150(root: str | Path, split: str = "val") -> FileDataset:
   root = Path(root).expanduser()
   info = DatasetInfo("ade150", CLASSES, 255, None, (), LAYOUT)
-  labels = root / "annotations" / _SPLITS.get(split, split)
-  if not labels.is_dir():
-    raise missing_files_error(info, root, labels.relative_to(root))
-  items = [(p.stem, root / "images" / labels.name / f"{p.stem}.jpg", p) for p in sorted(labels.glob("*.png"))]
-  return FileDataset(info, root, items, lambda x: np.where(x == 0, 255, x - 1))
+  folder = _SPLITS.get(split, split)
+  return FileDataset(info, root, label_dir_items(info, root, f"images/{folder}", f"annotations/{folder}"),
+                     lambda x: np.where(x == 0, 255, x - 1))
+
+
+def ade847(root: str | Path, split: str = "val") -> FileDataset:
+  root = Path(root).expanduser()
+  info = DatasetInfo("ade847", CLASSES_847, 65535, None, (), LAYOUT_847, comma_synonyms(CLASSES_847))
+  folder = _SPLITS.get(split, split)
+  return FileDataset(info, root, label_dir_items(info, root, f"images_detectron2/{folder}",
+                                                 f"annotations_detectron2/{folder}", ".tif"))

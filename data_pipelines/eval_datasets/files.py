@@ -10,6 +10,19 @@ from PIL import Image
 from data_pipelines.eval_datasets.base import DatasetInfo, Example
 
 
+CLASS_LISTS = Path(__file__).parent / "classes"
+
+
+def read_class_names(filename: str) -> tuple[str, ...]:
+  """A long class-name list kept as a text file (one name per line) under `classes/`."""
+  return tuple(line for line in (CLASS_LISTS / filename).read_text().splitlines() if line)
+
+
+def comma_synonyms(class_names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+  """"bus, autobus, coach" -> the prompt names ("bus", "autobus", "coach") for names that list synonyms."""
+  return {name: tuple(part.strip() for part in name.split(",")) for name in class_names if "," in name}
+
+
 def missing_files_error(info: DatasetInfo, root: Path, what: Path | str) -> FileNotFoundError:
   return FileNotFoundError(f"{info.name}: {what} is missing under {root}. Expected layout: {info.layout}")
 
@@ -62,3 +75,18 @@ def split_ids(info: DatasetInfo, root: Path, list_file: Path) -> list[str]:
   if not list_file.is_file():
     raise missing_files_error(info, root, list_file.relative_to(root) if list_file.is_relative_to(root) else list_file)
   return [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+
+
+def listed_items(info: DatasetInfo, root: Path, list_file: str, image_dir: str,
+                 label_dir: str) -> list[tuple[str, Path, Path]]:
+  """(id, ROOT/image_dir/ID.jpg, ROOT/label_dir/ID.png) for the ids of a split list file."""
+  return [(i, root / image_dir / f"{i}.jpg", root / label_dir / f"{i}.png")
+          for i in split_ids(info, root, root / list_file)]
+
+
+def label_dir_items(info: DatasetInfo, root: Path, image_dir: str, label_dir: str,
+                    label_suffix: str = ".png") -> list[tuple[str, Path, Path]]:
+  """(id, ROOT/image_dir/ID.jpg, label file) for every label file in ROOT/label_dir (sorted by id)."""
+  if not (root / label_dir).is_dir():
+    raise missing_files_error(info, root, label_dir)
+  return [(p.stem, root / image_dir / f"{p.stem}.jpg", p) for p in sorted((root / label_dir).glob(f"*{label_suffix}"))]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.eval_datasets.base import DatasetInfo
-from data_pipelines.eval_datasets.files import FileDataset, split_ids
+from data_pipelines.eval_datasets.files import FileDataset, listed_items
 
 CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
            "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -25,8 +25,7 @@ LAYOUT = ("ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClass/ID.png, ROOT/ImageSets
 
 
 def _items(info: DatasetInfo, root: Path, split: str):
-  ids = split_ids(info, root, root / "ImageSets" / "Segmentation" / f"{split}.txt")
-  return [(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+  return listed_items(info, root, f"ImageSets/Segmentation/{split}.txt", "JPEGImages", "SegmentationClass")
 
 
 def voc(root: str | Path, split: str = "val") -> FileDataset:
