@@ -3,8 +3,9 @@ r"""Evaluation: mIoU of an S-Seg checkpoint on a labelled split, beside baseline
   python -m ovseg_jax.evaluate --config=configs/sseg_demo.py --workdir=/tmp/sseg_demo
   python -m ovseg_jax.evaluate --config=configs/eval_suite.py:demo --checkpoint=/tmp/sseg_demo
 
-The first form re-runs a training config's own evaluation; the second applies evaluation protocols to
-several datasets (`ovseg_jax.eval_suite`).
+The first form re-runs a training config's own evaluation (for a self-training config, e.g.
+`configs/selftrain_voc.py`, the S-Seg+ evaluation of `ovseg_jax.selftrain`); the second applies evaluation
+protocols to several datasets (`ovseg_jax.eval_suite`).
 
 Loads the latest checkpoint in `workdir`, writes `results.json`, `results.md` and `overlays/` there.
 """
