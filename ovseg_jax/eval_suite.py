@@ -152,7 +152,8 @@ class DatasetEvaluator(WindowEvaluator):
   def __init__(self, model: Any, params: Any, class_names: tuple[str, ...], background_id: int | None,
                protocol: Protocol, context_length: int, classifier: str = "learned", clip: ClipSetup | None = None):
     if classifier != "learned" and clip is None:
-      raise ValueError(f"classifier {classifier!r} needs a CLIP: set clip.checkpoint in the eval config.")
+      raise ValueError(f"classifier {classifier!r} needs a CLIP: set clip.checkpoint in the eval config "
+                       "(pseudo_labels.clip.checkpoint in a self-training config).")
     class_ids = text_classes(class_names, background_id, protocol)
     names = [class_names[i] for i in class_ids]
     prompt_names, groups = inference.expand_synonyms(names, protocol.synonyms)

@@ -46,6 +46,9 @@ class DatasetSource:
 
   def pseudo_label(self, output: Path) -> dict[str, Any]:
     cfg = self.config.pseudo_labels
+    if not self.config.teacher_workdir:
+      raise ValueError("teacher_workdir is empty: set --config.teacher_workdir to the S-Seg training workdir whose "
+                       "latest checkpoint labels the images.")
     workdir = Path(self.config.teacher_workdir).expanduser()
     teacher_config = train.workdir_config(workdir)
     model, params, step = train.restore_model(teacher_config, workdir)

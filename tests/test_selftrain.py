@@ -168,10 +168,18 @@ def test_dataset_self_training_labels_trains_and_evaluates(tmp_path, teacher):
   assert again["miou"] == pytest.approx(results["miou"])
 
 
-def test_dataset_config_without_root_is_refused(tmp_path, teacher):
+def test_dataset_configs_without_root_teacher_or_clip_are_refused_by_name(tmp_path, teacher):
   config = _tiny_dataset_config(teacher[1], tmp_path)
   config.data.root = ""
   with pytest.raises(ValueError, match="data.root"):
+    selftrain.run(config, tmp_path / "plus")
+  _tiny_voc(tmp_path / "VOC2012", {k: (40, 40) for k in "abcde"})
+  config = _tiny_dataset_config("", tmp_path / "VOC2012")
+  with pytest.raises(ValueError, match="teacher_workdir"):
+    selftrain.run(config, tmp_path / "plus")
+  config = _tiny_dataset_config(teacher[1], tmp_path / "VOC2012")
+  config.pseudo_labels.classifier = "ensemble:ovseg_voc"
+  with pytest.raises(ValueError, match="pseudo_labels.clip.checkpoint"):
     selftrain.run(config, tmp_path / "plus")
 
 
