@@ -10,16 +10,6 @@ from ovseg_jax.models.clip import load_clip
 FIXTURES = Path(__file__).parent / "fixtures" / "clip"
 
 
-def _inputs():
-  """As tools/make_clip_fixtures.py's fixture_inputs()."""
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-  tokens = np.zeros((2, 16), np.int32)
-  tokens[0, :6] = [298, 17, 5, 88, 140, 299]
-  tokens[1, :10] = [298, 3, 250, 9, 9, 61, 7, 200, 13, 299]
-  return images, tokens
-
-
 def _relative_error(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return np.max(np.abs(a - b)) / np.max(np.abs(b))
@@ -38,7 +28,7 @@ def reference():
 ])
 def test_embeddings_equal_pytorch(reference, path, kwargs, prefix):
   module, params = load_clip(FIXTURES / path, **kwargs)
-  images, tokens = _inputs()
+  images, tokens = reference["images"], reference["tokens"]
   image = jax.jit(lambda p, x: module.apply({"params": p}, x, method="encode_image"))(params, images)
   text = jax.jit(lambda p, t: module.apply({"params": p}, t, method="encode_text"))(params, tokens)
   assert _relative_error(image, reference[f"{prefix}_image"]) < 1e-4
@@ -47,7 +37,7 @@ def test_embeddings_equal_pytorch(reference, path, kwargs, prefix):
 
 def test_dense_value_path_features_equal_pytorch(reference):
   module, params = load_clip(FIXTURES / "openai_jit.pt")
-  dense = module.apply({"params": params}, _inputs()[0], method="encode_dense")
+  dense = module.apply({"params": params}, reference["images"], method="encode_dense")
   assert dense.shape == (2, 4, 4, 16)
   assert _relative_error(dense, reference["openai_dense"]) < 1e-4
 

@@ -7,8 +7,8 @@ hand from the repository root:
 
 Writes `openai_jit.pt` (TorchScript archive, as OpenAI releases), `open_clip.bin` (a state dict) and
 `open_clip/open_clip.safetensors` with its `open_clip_config.json`, a Hugging Face directory `hf/` (a separate
-random model with exact GELU), and `outputs.npz` with image, text and dense (value-path) embeddings for the
-inputs that `fixture_inputs()` regenerates.
+random model with exact GELU), and `outputs.npz` with the inputs (`images` NHWC, `tokens`) and the image, text
+and dense (value-path) embeddings the models give for them.
 """
 import argparse
 import json
@@ -110,7 +110,7 @@ def main() -> None:
   pooled = lambda o: o if isinstance(o, torch.Tensor) else o.pooler_output
   outputs["hf_image"], outputs["hf_text"] = pooled(image_features).numpy(), pooled(text_features).numpy()
   hf.save_pretrained(out / "hf", safe_serialization=True)
-  np.savez_compressed(out / "outputs.npz", **outputs)
+  np.savez_compressed(out / "outputs.npz", images=images_nhwc, tokens=tokens.astype(np.int32), **outputs)
 
 
 if __name__ == "__main__":
