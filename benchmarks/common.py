@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ovseg_jax import allocator
 
 
@@ -33,12 +35,27 @@ def machine() -> dict[str, Any]:
 
 def report(title: str, rows: list[dict[str, Any]], out: str | Path | None) -> str:
   """Prints a markdown table (and the machine line); writes rows + machine as JSON to `out` if given."""
-  from ovseg_jax import visualize
+  from ovseg_jax.eval.tables import markdown_table
   info = machine()
-  text = (f"## {title}\n\n{visualize.markdown_table(rows, list(rows[0]), float_fmt='{:.2f}')}\n\n"
+  text = (f"## {title}\n\n{markdown_table(rows, list(rows[0]), float_fmt='{:.2f}')}\n\n"
           f"machine: {info}\n")
   print(text, flush=True)
   if out:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"title": title, "rows": rows, "machine": info}, indent=2, default=str))
   return text
+
+
+def random_batch(trainable, batch: int) -> dict[str, np.ndarray]:
+  """Random uint8 images (and labels) and a short caption's tokens, in the shapes of `trainable.batch_spec`."""
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, spec in trainable.batch_spec(batch).items():
+    if name == "tokens":
+      tokens = np.zeros(spec.shape, np.int32)
+      tokens[..., :4] = [49406, 320, 1929, 49407]  # SOT "a photo" EOT.
+      out[name] = tokens
+    else:
+      high = 256 if spec.dtype == np.uint8 else 2
+      out[name] = rng.integers(0, high, spec.shape).astype(spec.dtype)
+  return out

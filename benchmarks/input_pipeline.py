@@ -96,18 +96,13 @@ def demo_step_rate() -> float:
   """Images per second the demo config's jitted train step consumes (its own 64-px batches)."""
   import jax
   from configs import sseg_demo
-  from ovseg_jax import objective, sharding, train
+  from ovseg_jax.methods import registry
+  from ovseg_jax.train import sharding
   config = sseg_demo.get_config()
   mesh = sharding.make_mesh(config.mesh.axes)
-  model, tx, schedule, state, shardings = train._build(config, mesh)
-  step = train.make_train_step(model, tx, schedule, config,
-                               objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size),
-                               mesh, shardings)
-  rng = np.random.default_rng(0)
-  tokens = np.zeros((config.batch_size, config.data.context_length), np.int32)
-  tokens[:, :3] = [49406, 1929, 49407]
-  batch = sharding.host_batch_to_global({"image": rng.integers(0, 256, (config.batch_size, 64, 64, 3), np.uint8),
-                                         "tokens": tokens}, mesh)
+  trainable = registry.get(config).build(config, mesh)
+  batch = sharding.host_batch_to_global(common.random_batch(trainable, config.batch_size), mesh)
+  step, state = trainable.step, trainable.state
   holder = {"state": state}
 
   def run():

@@ -130,28 +130,24 @@ def torch_vit_step(python: str) -> dict | None:
   return {"what": "ViT-S/16 train step, batch 8, 224 (PyTorch eager, timm)", "img/s": 8 / seconds}
 
 
-def sseg_step(config, batch: int, label: str) -> tuple[dict, float]:
-  """One S-Seg config's full train step on a random batch; also returns seconds per step."""
+def method_step(config, batch: int, label: str) -> tuple[dict, float]:
+  """A config's full train step (as its method builds it) on a random batch; also returns seconds per step."""
   import jax
-  from ovseg_jax import objective, sharding, train
+  from ovseg_jax.methods import registry
+  from ovseg_jax.methods.sseg import setup
+  from ovseg_jax.train import sharding
   config.batch_size = batch
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-  model, tx, schedule, state, shardings = train._build(config, mesh)
-  dino = train.pseudo_mask_dino(config.pseudo_masks)
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size,
-                                                 dino[0] if dino else None)
-  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
-  size, length = config.data.image_size, config.data.context_length
-  rng = np.random.default_rng(0)
-  tokens = np.zeros((batch, length), np.int32)
-  tokens[:, :4] = [49406, 320, 1929, 49407]
-  host = {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8), "tokens": tokens}
-  compile_s, seconds, compiled = _timed_step(step, state, sharding.host_batch_to_global(host, mesh),
-                                             jax.random.key(0), dino[1] if dino else None, repeats=3)
+  trainable = registry.get(config).build(config, mesh)
+  compile_s, seconds, compiled = _timed_step(trainable.step, trainable.state,
+                                             sharding.host_batch_to_global(common.random_batch(trainable, batch), mesh),
+                                             jax.random.key(0), trainable.frozen, repeats=3)
   flops = _compiled_flops(compiled)
+  size = config.data.image_size
   row = {"what": f"{label} train step, batch {batch}, {size} px", "img/s": batch / seconds,
          "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
          "compile s": compile_s}
+  dino = setup.pseudo_mask_dino(config.pseudo_masks) if "pseudo_masks" in config else None
   if dino:
     module, params = dino
     images = np.zeros((batch, size, size, 3), np.float32)
@@ -165,7 +161,7 @@ def matching_rows(paper_step_seconds: float | None, batch: int = 2, layers: int 
   import jax
   import jax.numpy as jnp
   from scipy.optimize import linear_sum_assignment
-  from ovseg_jax import matching
+  from ovseg_jax.ops import matching
   cost = np.random.default_rng(0).random((batch * layers, 64, 8)).astype(np.float32)
   f = jax.jit(matching.hungarian_matching)
   device = common.median_seconds(lambda: f(jnp.asarray(cost)).block_until_ready(), repeats=5)
@@ -198,8 +194,8 @@ def pseudo_mask_rows(python: str, batch: int = 8) -> list[dict]:
   import tempfile
   import jax
   import jax.numpy as jnp
-  from ovseg_jax import pseudo_masks
-  from ovseg_jax.models.vit import random_dino
+  from ovseg_jax.ops import pseudo_masks
+  from ovseg_jax.models.dino import random_dino
   module, params = random_dino("S/8")
   images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 224, 224, 3)), jnp.float32)
   tokens = jax.jit(lambda p, x: module.apply({"params": p}, x))(params, images)
@@ -230,13 +226,15 @@ def eval_row(config, num_images: int = 4) -> dict:
   """Demo-size model (random weights) evaluated at short side 448 with 64-px windows, stride 32."""
   import jax
   import jax.numpy as jnp
-  from ovseg_jax import eval_suite, prompts
+  from ovseg_jax.eval.open_vocabulary import open_vocabulary_predictor
+  from ovseg_jax.eval.protocol import Protocol
+  from ovseg_jax.eval import prompts
   from ovseg_jax.models.sseg import build_sseg
   model = build_sseg(config.model)
   params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 64, 64, 3)),
                       jnp.zeros((1, config.data.context_length), jnp.int32), train=False)["params"]
-  protocol = eval_suite.Protocol(448, 64, 32, prompts.SINGLE, "none", 0.0, 0.0, "winner", 32, {})
-  evaluator = eval_suite.DatasetEvaluator(model, params, ("cat", "dog", "grass"), None, protocol,
+  protocol = Protocol(448, 64, 32, prompts.SINGLE, "none", 0.0, 0.0, "winner", 32, {})
+  evaluator = open_vocabulary_predictor(model, params, ("cat", "dog", "grass"), None, protocol,
                                           config.data.context_length)
   images = np.random.default_rng(0).integers(0, 256, (num_images, 480, 640, 3), dtype=np.uint8)
   evaluator.predict(images[0], 0.0)  # Compile.
@@ -264,11 +262,11 @@ def main(argv) -> None:
       flax_row["vs PyTorch"] = flax_row["img/s"] / peer["img/s"]
     rows.append(peer)
   if "demo" in sections:
-    rows.append(sseg_step(sseg_demo.get_config(), 32, "demo config")[0])
+    rows.append(method_step(sseg_demo.get_config(), 32, "demo config")[0])
   paper_seconds = None
   if "paper" in sections:
     config = sseg_cc12m.get_config("runlocal")
-    row, paper_seconds = sseg_step(config, 2, "paper config (Swin-S, N=64, DINO S/8)")
+    row, paper_seconds = method_step(config, 2, "paper config (Swin-S, N=64, DINO S/8)")
     rows.append(row)
   if "matching" in sections:
     rows += matching_rows(paper_seconds)

@@ -5,7 +5,7 @@ background by GroupViT's thresholds (VOC 0.95, Pascal Context 0.35, COCO-Object 
       --config.datasets.0.root=/data/VOCdevkit/VOC2012 ...
 
 With `--config.clip.checkpoint=ViT-B-16.pt --config.classifiers="('learned','clip_crop','ensemble:ovseg_voc')"`
-masks are also classified by CLIP and the scores ensembled (`ovseg_jax/classify.py`).
+masks are also classified by CLIP and the scores ensembled (`ovseg_jax/eval/classify.py`).
 
 Variants: `vild` averages the 14 ViLD templates; `without_background` ignores background pixels (the
 "without background" protocol of MaskCLIP-style papers); `demo` evaluates the embedded demo's held-out split.
@@ -30,7 +30,7 @@ def dataset(name: str, threshold: float | None = None, root: str = "", split: st
 
 
 def clip() -> ml_collections.ConfigDict:
-  """Which CLIP classifies masks for the non-learned classifiers (`ovseg_jax/classify.py`)."""
+  """Which CLIP classifies masks for the non-learned classifiers (`ovseg_jax/eval/classify.py`)."""
   return ml_collections.ConfigDict(dict(
       checkpoint="",  # OpenAI .pt, open_clip file or Hugging Face directory (ViT-B/16 in the papers).
       activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
@@ -49,8 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.protocol = protocol()
   c.datasets = [dataset("voc", 0.95), dataset("context59", 0.35), dataset("coco_object", 0.95)]
   c.num_overlays = 4
+  c.baselines = False  # Also score chance predictors (uniform random, all background) on the same labels.
+  c.seed = 0  # Of the uniform-random baseline.
   # 'learned' (the segmenter's own mask classes), 'clip_crop', 'clip_dense', or 'ensemble:NAME' with NAME one of
-  # ovseg_ade, ovseg_context, ovseg_voc, maft, ebseg (published weights, ovseg_jax/ensembles.py). Each listed
+  # ovseg_ade, ovseg_context, ovseg_voc, maft, ebseg (published weights, ovseg_jax/eval/ensembles.py). Each listed
   # classifier gets its own row in the results table.
   c.classifiers = ("learned",)
   c.clip = clip()
@@ -60,8 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.protocol.background = "exclude"
     c.datasets = [dataset("voc"), dataset("context60"), dataset("coco_object")]
   if variant == "demo":  # The demo trains at 64 pixels: windows of its size; threshold tuned on its tune split.
-    c.protocol = protocol(short_side=64, window=64, stride=32, decode="winner", batch_size=16,
+    c.protocol = protocol(short_side=64, window=64, stride=32, decode="winner", batch_size=32,
                           background_threshold=-1.0, synonyms={
                               "background": ("background", "grass", "sand", "water", "brick", "wood", "snow")})
     c.datasets = [dataset("demo", split="eval", tune_split="tune")]
+    c.baselines = True
   return c

@@ -1,6 +1,6 @@
 r"""S-Seg+ on COCO-Object (81 classes with background), as published (S-Seg appendix Table 6): 80,000 iterations.
 
-  python -m ovseg_jax.selftrain --config=configs/selftrain_coco.py --workdir=WORKDIR \
+  python -m ovseg_jax.main --config=configs/selftrain_coco.py --workdir=WORKDIR \
       --config.teacher_workdir=SSEG_WORKDIR --config.data.root=coco \
       --config.init.vit_checkpoint=mae_pretrain_vit_base.pth
 

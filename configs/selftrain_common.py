@@ -34,7 +34,6 @@ def second_stage(total_steps: int) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(axes=(("data", -1),)))
   c.sharding_rules = ((".*", "fsdp"),)
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, keep=2, async_save=True))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_overlays=8))
   return c
 
 
@@ -43,11 +42,15 @@ def on_dataset(total_steps: int, dataset: str, background_threshold: float) -> m
   pseudo-labelled by the teacher with S-Seg's evaluation protocol (short side 448, windows 448 / 224, one
   prompt, GroupViT's background threshold), optionally with a CLIP classifier (`pseudo_labels.classifier`:
   'clip_crop', 'ensemble:ovseg_voc', ... with `pseudo_labels.clip.checkpoint`); S-Seg+ is evaluated on its
-  val split as mmseg does (short side 512, sliding 512 windows, stride 341)."""
+  val split as mmseg does (short side 512, sliding 512 windows, stride 341), through the evaluation engine."""
   c = second_stage(total_steps)
   c.data.update(dataset=dataset, root="", split="train")
   c.pseudo_labels.classifier = "learned"
   c.pseudo_labels.protocol = eval_suite.protocol(background_threshold=background_threshold)
   c.pseudo_labels.clip = eval_suite.clip()
-  c.eval.update(split="val", short_side=512, window=512, stride=341, batch_size=4)
+  # mmseg's whole-model evaluation of the second stage: every class (background included) competes by argmax.
+  c.eval = eval_suite.get_config()
+  c.eval.protocol = eval_suite.protocol(short_side=512, window=512, stride=341, batch_size=4, background="none")
+  c.eval.datasets = [eval_suite.dataset(dataset, root=c.data.get_ref("root"), split="val")]
+  c.eval.num_overlays = 8
   return c

@@ -1,6 +1,6 @@
 r"""S-Seg+ on Pascal Context 59, as published (S-Seg appendix Table 6): 40,000 iterations.
 
-  python -m ovseg_jax.selftrain --config=configs/selftrain_context.py --workdir=WORKDIR \
+  python -m ovseg_jax.main --config=configs/selftrain_context.py --workdir=WORKDIR \
       --config.teacher_workdir=SSEG_WORKDIR --config.data.root=VOCdevkit/VOC2010 \
       --config.init.vit_checkpoint=mae_pretrain_vit_base.pth
 

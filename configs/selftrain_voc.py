@@ -1,6 +1,6 @@
 r"""S-Seg+ on Pascal VOC 2012 (21 classes with background), as published (S-Seg appendix Table 6): 20,000 iterations.
 
-  python -m ovseg_jax.selftrain --config=configs/selftrain_voc.py --workdir=WORKDIR \
+  python -m ovseg_jax.main --config=configs/selftrain_voc.py --workdir=WORKDIR \
       --config.teacher_workdir=SSEG_WORKDIR --config.data.root=VOCdevkit/VOC2012 \
       --config.init.vit_checkpoint=mae_pretrain_vit_base.pth
 

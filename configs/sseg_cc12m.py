@@ -15,6 +15,8 @@ On a TPU pod: launch/tpu_pod.sh with this command. `--config=configs/sseg_cc12m.
 """
 import ml_collections
 
+from configs import eval_suite
+
 REFERENCE_BATCH = 4096
 REFERENCE_LR = 5e-4
 
@@ -30,6 +32,7 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
   if variant not in ("default", "runlocal"):
     raise ValueError(f"unknown variant {variant!r} of the S-Seg paper config; use 'default' or 'runlocal'.")
   c = ml_collections.ConfigDict()
+  c.trainer = "sseg"
   c.seed = 0
   c.batch_size = REFERENCE_BATCH
   c.num_epochs = 30
@@ -85,9 +88,9 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
 
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, keep=3, async_save=True))
 
-  c.eval = ml_collections.ConfigDict(dict(every_steps=0, split="eval", batch_size=16, templates=("a photo of a {}.",),
-                                          decode="sum", background="threshold", background_threshold=0.95,
-                                          synonyms={}, num_overlays=8))
+  # S-Seg's evaluation suite (VOC, Pascal Context, COCO-Object): runs after training once the dataset roots are
+  # set (--config.eval.datasets.0.root=...), else `python -m ovseg_jax.evaluate` runs it later.
+  c.eval = eval_suite.get_config()
   if variant == "runlocal":
     c.batch_size = 8
     c.num_epochs = 1

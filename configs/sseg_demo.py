@@ -10,12 +10,15 @@ Variants: `--config=configs/sseg_demo.py:tiny` is a seconds-long smoke run (test
 """
 import ml_collections
 
+from configs import eval_suite
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
   if variant not in ("default", "tiny"):
     raise ValueError(f"configs/sseg_demo.py: unknown variant {variant!r}; use 'default' or 'tiny'.")
   c = ml_collections.ConfigDict()
+  c.trainer = "sseg"
   c.seed = 0
   c.batch_size = 32
   c.total_steps = 1600
@@ -87,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = (("data", -1),)
-  # (regex over parameter paths, tactic) pairs, first match wins; see ovseg_jax/sharding.py. On a pod,
+  # (regex over parameter paths, tactic) pairs, first match wins; see ovseg_jax/train/sharding.py. On a pod,
   # e.g. mesh.axes=(("data", -1), ("fsdp", 8)) and (".*", "fsdp") shard large tensors over fsdp.
   c.sharding_rules = ((".*", "fsdp"),)
 
@@ -96,18 +99,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.keep = 2
   c.checkpoint.async_save = True
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.every_steps = 0  # 0: only after training.
-  c.eval.split = "eval"
-  c.eval.batch_size = 50
-  c.eval.templates = ("a photo of a {}.",)
-  c.eval.decode = "winner"  # 'winner': best (class prob x mask prob) query per pixel; 'sum': MaskFormer sum.
-  c.eval.background = "threshold"  # 'threshold' on the max class score, or 'none' (no background class).
-  c.eval.background_threshold = -1.0  # < 0: chosen on the demo's separate tune split.
-  # Names a class is also known by: the demo's captions name the scene ("on the grass"), so the scene
-  # words let background compete as a class instead of relying on the threshold alone.
-  c.eval.synonyms = ml_collections.ConfigDict(
-      {"background": ("background", "grass", "sand", "water", "brick", "wood", "snow")})
+  # The held-out demo split with the demo protocol (`configs/eval_suite.py:demo`): the background threshold is
+  # chosen on the separate tune split, background's scene words ("grass", "sand", ...) let it compete as a class,
+  # each pixel takes its winning mask's class; chance baselines are scored on the same labels.
+  c.eval = eval_suite.get_config("demo")
   c.eval.num_overlays = 8
 
   if variant == "tiny":
@@ -126,6 +121,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.embed_dim = 32
     c.optimizer.warmup_steps = 2
     c.checkpoint.every_steps = 3
-    c.eval.batch_size = 8
+    c.eval.protocol.batch_size = 8
     c.eval.num_overlays = 2
   return c

@@ -30,6 +30,7 @@ import shutil
 import socket
 import tarfile
 import time
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -102,6 +103,14 @@ def ensure_demo_data(root: str | os.PathLike, cfg: DemoDataConfig) -> DemoDataPa
   num_shards = math.ceil(cfg.num_train / cfg.samples_per_shard)
   return DemoDataPaths(train_shards=[str(final / 'train' / f'{i:05d}.tar') for i in range(num_shards)],
                        eval_dir=str(final / 'eval'), tune_dir=str(final / 'tune'), class_names=class_names())
+
+
+def ensure_for_config(data: Any, seed: int) -> DemoDataPaths:
+  """The demo data of a training config's `data` section (image_size, num_train, num_eval, num_tune,
+  demo_root) and seed, generated on first use."""
+  cfg = DemoDataConfig(image_size=data.image_size, num_train=data.num_train, num_eval=data.num_eval,
+                       num_tune=data.num_tune, seed=seed)
+  return ensure_demo_data(Path(data.demo_root).expanduser(), cfg)
 
 
 def _generate_atomically(root: Path, final: Path, cfg: DemoDataConfig) -> None:

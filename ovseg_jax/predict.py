@@ -12,15 +12,19 @@ the masks are also classified by CLIP and the scores ensembled.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 from absl import flags
-from PIL import Image, UnidentifiedImageError
 
-from ovseg_jax import eval_suite, prompts, visualize
+from data_pipelines.eval_datasets.base import DatasetInfo
+from data_pipelines.eval_datasets.files import read_image
+from ovseg_jax.eval import engine, prompts, visualize
+from ovseg_jax.eval.open_vocabulary import load_clip_setup
+from ovseg_jax.eval.protocol import Protocol
+from ovseg_jax.eval.windows import WindowPredictor
+from ovseg_jax.train import workdir as workdirs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -46,31 +50,24 @@ def image_paths(path: Path) -> list[Path]:
   return [path]
 
 
-def read_image(path: Path) -> np.ndarray:
-  try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
-  except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f"{path} is not a readable image ({e}); give a JPEG or PNG file.") from e
-
-
 def class_areas(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
   """Share of the pixels of each predicted class, largest first."""
   counts = np.bincount(labels.reshape(-1), minlength=len(class_names)) / labels.size
   return {class_names[i]: float(counts[i]) for i in np.argsort(-counts) if counts[i] > 0}
 
 
-def make_evaluator(model, params, train_config: ml_collections.ConfigDict, class_names: tuple[str, ...],
-                   background: str, threshold: float, scale: float, classifier: str = "learned",
-                   clip: eval_suite.ClipSetup | None = None):
+def make_predictor(candidate: engine.Candidate, train_config: ml_collections.ConfigDict,
+                   class_names: tuple[str, ...], background: str, threshold: float, scale: float) -> WindowPredictor:
+  """The candidate's predictor over the user's classes: short side `scale` training sizes, windows of the
+  training size at half-window stride, "background" by the threshold unless `background='class'`."""
   size = train_config.data.image_size
-  background_id = class_names.index("background") if "background" in class_names and background != "class" else None
-  protocol = eval_suite.Protocol(short_side=round(size * scale), window=size, stride=size // 2,
-                                 templates=prompts.templates("single"), background="threshold" if background_id
-                                 is not None else "none", background_threshold=threshold, background_score=0.0,
-                                 decode=train_config.eval.get("decode", "sum"), batch_size=8, synonyms={})
-  return eval_suite.DatasetEvaluator(model, params, class_names, background_id, protocol,
-                                     train_config.data.context_length, classifier, clip)
+  background_class = "background" if "background" in class_names and background != "class" else None
+  info = DatasetInfo(name="predict", class_names=class_names, background_class=background_class)
+  protocol = Protocol(short_side=round(size * scale), window=size, stride=size // 2,
+                      templates=prompts.templates("single"),
+                      background="threshold" if background_class else "none", background_threshold=threshold,
+                      background_score=0.0, decode=train_config.eval.protocol.decode, batch_size=8, synonyms={})
+  return candidate.make(info, protocol)
 
 
 def main(argv: list[str]) -> None:
@@ -82,25 +79,23 @@ def main(argv: list[str]) -> None:
 
 
 def run(f: flags.FlagValues) -> None:
-  from ovseg_jax import train
+  from ovseg_jax.methods import registry
   class_names = parse_classes(f.classes)
   paths = image_paths(Path(f.image).expanduser())
-  workdir = Path(f.checkpoint).expanduser()
-  workdir = workdir.parent if workdir.name == "checkpoints" else workdir
-  if not (workdir / "config.json").is_file():
-    raise FileNotFoundError(f"{workdir / 'config.json'} is missing: --checkpoint must be a training workdir.")
-  train_config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  model, params, step = train.restore_model(train_config, workdir)
-  clip = eval_suite.load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip}))
-  evaluator = make_evaluator(model, params, train_config, class_names, f.background, f.background_threshold,
-                             f.scale, f.classifier, clip)
+  workdir = workdirs.as_workdir(f.checkpoint)
+  train_config = workdirs.read_config(workdir)
+  method = registry.open_vocabulary(train_config, str(workdir))
+  model, params, _ = method.restore_model(train_config, workdir)
+  clip = load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip}))
+  candidate = method.candidates(model, params, train_config, (f.classifier,), clip)[0]
+  predictor = make_predictor(candidate, train_config, class_names, f.background, f.background_threshold, f.scale)
   output = Path(f.output).expanduser()
   many = len(paths) > 1 or output.suffix == ""
   if many:
     output.mkdir(parents=True, exist_ok=True)
   for path in paths:
     image = read_image(path)
-    labels = evaluator.predict(image, f.background_threshold)
+    labels = predictor.predict(image, f.background_threshold)
     target = output / f"{path.stem}.png" if many else output
     target.parent.mkdir(parents=True, exist_ok=True)
     visualize.overlay_panel(image, labels, None, list(class_names)).save(target)

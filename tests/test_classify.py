@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ovseg_jax import classify
+from ovseg_jax.eval import classify
 
 
 def _pil_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:

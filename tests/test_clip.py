@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from ovseg_jax.models.clip import load_clip
+from ovseg_jax.weights import load_clip
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clip"
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ovseg_jax.models.vit import bicubic_resize_matrix, load_dino
+from ovseg_jax.models.resize import bicubic_resize_matrix
+from ovseg_jax.weights import load_dino
 from ovseg_jax.weights import torch_files
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dino"

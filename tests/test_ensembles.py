@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovseg_jax import ensembles
+from ovseg_jax.eval import ensembles
 
 
 def _probs(rng, shape):

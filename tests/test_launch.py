@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ovseg_jax import distributed
+from ovseg_jax.train import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [REPO / "launch" / "tpu_pod.sh", REPO / "launch" / "gpu_slurm.sh"]
@@ -26,6 +26,15 @@ def test_scripts_pass_shellcheck(script):
 def _tpu_dry_run(*args, env=None):
   return subprocess.run(["bash", str(SCRIPTS[0]), "--dry-run", *args], capture_output=True, text=True,
                         env={"PATH": "/usr/bin:/bin", **(env or {})}, timeout=30)
+
+
+@pytest.mark.parametrize("config", ["configs/sseg_cc12m.py", "configs/selftrain_voc.py", "configs/sseg_demo.py:tiny"])
+def test_tpu_dry_run_runs_the_one_training_entry_point_for_any_config(config):
+  out = _tpu_dry_run("--project=p", "--zone=z", "--accelerator-type=v4-32", "--name=n", f"--config={config}",
+                     "--workdir=gs://b/w", "--", "--config.teacher_workdir=gs://b/t")
+  assert out.returncode == 0, out.stderr
+  assert f"python3 -m ovseg_jax.main --config={config} --workdir=gs://b/w --config.teacher_workdir=gs://b/t" \
+      in out.stdout
 
 
 def test_tpu_dry_run_prints_create_copy_install_run_delete_in_order():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from ovseg_jax import losses
+from ovseg_jax.ops import losses
 
 
 def _np_focal(x, t, alpha=0.25, gamma=2.0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from ovseg_jax.matching import hungarian_matching, masked_hungarian_matching
+from ovseg_jax.ops.matching import hungarian_matching, masked_hungarian_matching
 
 # Shared so each shape compiles once.
 match = jax.jit(hungarian_matching)

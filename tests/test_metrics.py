@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovseg_jax import metrics
+from ovseg_jax.eval import metrics
 
 
 def _loop_confusion(pred, label, num_classes, ignore_index=255):

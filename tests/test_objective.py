@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ovseg_jax import objective, pseudo_masks
-from ovseg_jax.models.vit import load_dino
+from ovseg_jax.methods.sseg import objective
+from ovseg_jax.ops import pseudo_masks
+from ovseg_jax.weights import load_dino
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dino" / "dino_vit.pth"
 

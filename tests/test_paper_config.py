@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import sseg_26m, sseg_cc12m
-from ovseg_jax import objective, sharding, train
+from ovseg_jax.methods.sseg import setup as sseg_setup
+from ovseg_jax.train import sharding
 from ovseg_jax.models.sseg import build_sseg
 
 
@@ -47,10 +48,8 @@ def test_paper_train_step_runs_and_lowers_the_loss():
   config.optimizer.grad_clip_norm = 1.0
   # One device: the batch of 2 cannot split over the 8 fake devices the test session has.
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-  model, tx, schedule, state, shardings = train._build(config, mesh)
-  dino, dino_params = train.pseudo_mask_dino(config.pseudo_masks)
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, 224, dino)
-  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
+  trainable = sseg_setup.build(config, mesh)
+  state, step, dino_params = trainable.state, trainable.step, trainable.frozen
   rng = np.random.default_rng(0)
   tokens = np.zeros((2, 77), np.int32)
   tokens[:, :6] = [[49406, 320, 1929, 539, 320, 49407], [49406, 320, 2368, 525, 518, 49407]]
@@ -65,7 +64,7 @@ def test_paper_train_step_runs_and_lowers_the_loss():
 
 def test_plan_reports_memory_and_flops_of_the_compiled_step():
   from configs import sseg_demo
-  from ovseg_jax import plan
+  from ovseg_jax import plan_memory as plan
   config = sseg_demo.get_config("tiny")
   small, large = plan.step_report(config, 2), plan.step_report(config, 4)
   for report in (small, large):

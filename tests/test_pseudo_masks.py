@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovseg_jax import pseudo_masks
+from ovseg_jax.ops import pseudo_masks
 
 
 def _np_lloyd(x, centroids, num_iters):

@@ -11,7 +11,11 @@ import safetensors.numpy
 from PIL import Image
 
 from configs import selftrain_demo, selftrain_voc
-from ovseg_jax import checkpoint, optim, pseudo_label, selftrain, train
+from ovseg_jax.methods.selftrain import pseudo_labels as pseudo_label, setup as selftrain_setup
+from ovseg_jax.methods import registry
+from ovseg_jax.methods.selftrain import trainer as selftrain
+from ovseg_jax.methods.sseg import trainer as train
+from ovseg_jax.train import checkpoint, optim
 from ovseg_jax.models import upernet
 from test_vit_weights import HEADS, random_vit_state
 
@@ -96,7 +100,7 @@ def test_segmentation_loss_is_cross_entropy_over_labelled_pixels():
   logits = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
   labels = rng.integers(0, 4, (2, 6, 5))
   labels[0, :2] = 255
-  loss, metrics = selftrain.segmentation_loss(jnp.asarray(logits), jnp.asarray(labels), 255)
+  loss, metrics = selftrain_setup.segmentation_loss(jnp.asarray(logits), jnp.asarray(labels), 255)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   valid = labels != 255
   expected = -np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].mean()
@@ -117,10 +121,12 @@ def teacher(tmp_path_factory):
 def test_demo_self_training_end_to_end(tmp_path, teacher):
   config = selftrain_demo.get_config("tiny")
   config.teacher, config.teacher_workdir = teacher[0], str(teacher[1])
-  results = selftrain.run(config, tmp_path / "plus")
-  saved = json.loads((tmp_path / "plus" / "results.json").read_text())
-  assert saved["step"] == config.total_steps and 0.0 <= saved["sseg_plus"]["miou"] <= 1.0
-  assert results["sseg"]["miou"] == pytest.approx(saved["sseg"]["miou"])
+  results = registry.get(config).train_and_evaluate(config, tmp_path / "plus")  # As `ovseg_jax.main` runs it.
+  saved = {r["predictor"]: r for r in json.loads((tmp_path / "plus" / "results.json").read_text())}
+  assert list(saved) == ["S-Seg (teacher)", selftrain.NAME, "uniform random", "all background"]
+  assert {r["step"] for r in saved.values()} == {config.total_steps}
+  assert 0.0 <= saved[selftrain.NAME]["miou"] <= 1.0 and saved[selftrain.NAME]["background"] == "none"
+  assert results[0]["miou"] == pytest.approx(saved["S-Seg (teacher)"]["miou"])
   assert len(list((tmp_path / "plus" / "pseudo_labels").glob("*_confidence.png"))) == 16
   assert "S-Seg+" in (tmp_path / "plus" / "results.md").read_text()
   assert list((tmp_path / "plus" / "overlays").glob("*.png"))
@@ -149,7 +155,8 @@ def _tiny_dataset_config(teacher_workdir: Path, root: Path) -> ml_collections.Co
   config.teacher_workdir, config.data.root = str(teacher_workdir), str(root)
   config.data.update(crop_size=32, scale=(64, 48), workers=2)
   config.pseudo_labels.protocol.update(short_side=64, window=64, stride=32, batch_size=2)
-  config.eval.update(short_side=48, window=32, stride=16, batch_size=2, num_overlays=1)
+  config.eval.protocol.update(short_side=48, window=32, stride=16, batch_size=2)
+  config.eval.num_overlays = 1
   return config
 
 
@@ -157,30 +164,31 @@ def test_dataset_self_training_labels_trains_and_evaluates(tmp_path, teacher):
   sizes = {"a": (50, 70), "b": (64, 40), "c": (48, 48), "d": (40, 60), "e": (56, 44)}
   _tiny_voc(tmp_path / "VOC2012", sizes)
   config = _tiny_dataset_config(teacher[1], tmp_path / "VOC2012")
-  results = selftrain.run(config, tmp_path / "plus")
+  results = selftrain.train_and_evaluate(config, tmp_path / "plus")
   for key in "abc":  # Pseudo labels at each training image's own size, VOC class ids.
     label = pseudo_label.read_label(tmp_path / "plus" / "pseudo_labels" / f"{key}.png")
     assert label.shape == sizes[key] and label.min() >= 0 and label.max() < 21
   assert not (tmp_path / "plus" / "pseudo_labels" / "d.png").exists()  # The val split is never labelled.
-  assert results["dataset"] == "voc" and results["num_images"] == 2 and results["step"] == 3
-  assert 0.0 <= results["miou"] <= 1.0
-  again = selftrain.evaluate_checkpoint(config, tmp_path / "plus")
-  assert again["miou"] == pytest.approx(results["miou"])
+  [row] = results
+  assert row["dataset"] == "voc" and row["num_images"] == 2 and row["step"] == 3
+  assert row["predictor"] == selftrain.NAME and 0.0 <= row["miou"] <= 1.0
+  [again] = selftrain.evaluate_workdir(config, tmp_path / "plus")
+  assert again["miou"] == pytest.approx(row["miou"])
 
 
 def test_dataset_configs_without_root_teacher_or_clip_are_refused_by_name(tmp_path, teacher):
   config = _tiny_dataset_config(teacher[1], tmp_path)
   config.data.root = ""
   with pytest.raises(ValueError, match="data.root"):
-    selftrain.run(config, tmp_path / "plus")
+    selftrain.train_and_evaluate(config, tmp_path / "plus")
   _tiny_voc(tmp_path / "VOC2012", {k: (40, 40) for k in "abcde"})
   config = _tiny_dataset_config("", tmp_path / "VOC2012")
   with pytest.raises(ValueError, match="teacher_workdir"):
-    selftrain.run(config, tmp_path / "plus")
+    selftrain.train_and_evaluate(config, tmp_path / "plus")
   config = _tiny_dataset_config(teacher[1], tmp_path / "VOC2012")
   config.pseudo_labels.classifier = "ensemble:ovseg_voc"
   with pytest.raises(ValueError, match="pseudo_labels.clip.checkpoint"):
-    selftrain.run(config, tmp_path / "plus")
+    selftrain.train_and_evaluate(config, tmp_path / "plus")
 
 
 def test_backbone_initialised_from_a_vit_checkpoint(tmp_path):
@@ -191,16 +199,16 @@ def test_backbone_initialised_from_a_vit_checkpoint(tmp_path):
   config.init.vit_checkpoint = str(path)
   backbone, what = selftrain.initial_backbone(config)
   assert str(path) in what
-  model = selftrain.build_upernet(config.model, 5)
+  model = selftrain_setup.build_upernet(config.model, 5)
   params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)))["params"]
-  copied = selftrain._copy_backbone(params, backbone, what)["backbone"]
+  copied = selftrain.initialise_backbone(params, backbone, what)["backbone"]
   np.testing.assert_array_equal(copied["block_3"]["attn"]["query"]["kernel"],
                                 backbone["block_3"]["attn"]["query"]["kernel"])
   assert copied["pos_embedding"].shape == (1, 8, 8, 32)  # The stored 4 x 4 grid resized to 32 / 4.
   np.testing.assert_allclose(np.asarray(copied["pos_embedding"]).mean(axis=(1, 2)),
                              backbone["pos_embedding"].mean(axis=(1, 2)), atol=0.05)
   config.model.backbone.width = 64
-  wrong = selftrain.build_upernet(config.model, 5).init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+  wrong = selftrain_setup.build_upernet(config.model, 5).init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
                                                        jnp.zeros((1, 32, 32, 3)))["params"]
   with pytest.raises(checkpoint.CheckpointMismatchError, match="expects"):
-    selftrain._copy_backbone(wrong, backbone, what)
+    selftrain.initialise_backbone(wrong, backbone, what)

@@ -8,8 +8,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import sseg_demo
-from ovseg_jax import objective, sharding, train
-from ovseg_jax.preprocessing import normalize_images
+from ovseg_jax.methods.sseg import setup as sseg_setup
+from ovseg_jax.train import sharding
+from ovseg_jax.train.state import TrainState
+from ovseg_jax.ops.normalize import normalize_images
 
 # One explicit spec (first match wins) and FSDP with a threshold the tiny model crosses; 'fsdp' replicates
 # on meshes without an fsdp axis, an explicit spec naming it would not fit there.
@@ -32,7 +34,7 @@ def setup():
   config.loss.aux_layers = False
   config.model.decoder.update(num_layers=1, num_queries=4)
   config.pseudo_masks.update(num_clusters=3, num_iters=2)
-  model, tx, schedule, state, _ = train._build(config, _mesh(("data", 1)))
+  model, tx, schedule, state, _ = sseg_setup.build_state(config, _mesh(("data", 1)))
   rng = np.random.default_rng(0)
   size, length = config.data.image_size, config.data.context_length
   tokens = rng.integers(1, 1000, (config.batch_size, length)).astype(np.int32)
@@ -45,7 +47,6 @@ def setup():
 def runs(setup):
   """Two train steps on the same batch and key for every mesh: (metrics per step, final state, shardings)."""
   config, model, tx, schedule, host_state, batch = setup
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size)
   key = jax.random.key(3)
   lowered = {}
   for name, (axes, rules) in MESHES.items():
@@ -53,7 +54,7 @@ def runs(setup):
     shardings = sharding.state_shardings(host_state, mesh, rules, min_size=FSDP_MIN_SIZE)
     state = jax.device_put(host_state, shardings)
     global_batch = sharding.host_batch_to_global(batch, mesh)
-    step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
+    step = sseg_setup.make_train_step(config, model, tx, schedule, mesh, shardings)
     lowered[name] = (step.lower(state, global_batch, key, None), state, global_batch, shardings)
   # XLA compiles outside the GIL: the three meshes' steps compile side by side, with the same cheap
   # optimisation level for all (compile time dominates this test).
@@ -187,7 +188,7 @@ def test_state_shardings_mirror_parameters_into_the_optimizer_state():
   import optax
   params = {"w": jax.ShapeDtypeStruct((8, 4), np.float32), "b": jax.ShapeDtypeStruct((4,), np.float32)}
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, mask={"w": True, "b": False}))
-  state = train.TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
+  state = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
                            opt_state=jax.eval_shape(tx.init, params))
   shardings = sharding.state_shardings(state, _mesh(("fsdp", 8)), [("w", "fsdp")], min_size=1)
   for path, s in jax.tree_util.tree_leaves_with_path(shardings):

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from ovseg_jax.models import swin
-from ovseg_jax.models.sseg import VIT_VARIANTS
+from ovseg_jax.models.backbones import VIT_VARIANTS
 from ovseg_jax.models.vit import ViT
 from ovseg_jax.weights import swin as swin_weights
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import sseg_demo
-from ovseg_jax import checkpoint, loop, objective, sharding, train
+from ovseg_jax.methods.sseg import data, setup as sseg_setup, trainer as train
+from ovseg_jax.train import checkpoint, loop, sharding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,10 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 def setup():
   config = sseg_demo.get_config("tiny")
   mesh = sharding.make_mesh(config.mesh.axes)
-  model, tx, schedule, state, shardings = train._build(config, mesh)
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size)
-  step = train.make_train_step(model, tx, schedule, config, pseudo_mask_fn, mesh, shardings)
-  return config, mesh, model, tx, schedule, state, step
+  trainable = sseg_setup.build(config, mesh)
+  return config, mesh, trainable.model, trainable.tx, trainable.schedule, trainable.state, trainable.step
 
 
 def _batches(config, n, seed=0):
@@ -51,7 +50,7 @@ def test_resume_continues_exact_step_and_parameters(setup, tmp_path):
   straight, metrics = _run(step_fn, state, batches[2:], mesh, key)
   assert np.isfinite(float(metrics["loss"]))
 
-  fresh = train._build(config, mesh)[3]
+  fresh = sseg_setup.build_state(config, mesh)[3]
   resumed, data_position = ckpt.restore_latest(fresh)
   ckpt.close()
   assert int(resumed.step) == 2 and data_position == {"step": 2}
@@ -70,7 +69,7 @@ def test_checkpoint_from_another_config_is_rejected_with_a_clear_message(setup, 
   ckpt.save(1, state, {"step": 1})
   other = config.copy_and_resolve_references()
   other.model.embed_dim = 48
-  other_state = train._build(other, mesh)[3]
+  other_state = sseg_setup.build_state(other, mesh)[3]
   with pytest.raises(checkpoint.CheckpointMismatchError, match="does not match.*different shapes"):
     ckpt.restore_latest(other_state)
   ckpt.close()
@@ -86,10 +85,11 @@ def test_main_trains_evaluates_and_resumes(tmp_path):
   workdir = tmp_path / "run"
   first = _main(workdir)
   assert first.returncode == 0, first.stderr[-3000:]
-  results = json.loads((workdir / "results.json").read_text())
-  assert results["step"] == 6
-  for predictor in ("trained", "uniform_random", "all_background"):
-    assert 0.0 <= results[predictor]["miou"] <= 1.0
+  rows = {r["predictor"]: r for r in json.loads((workdir / "results.json").read_text())}
+  assert set(rows) == {"S-Seg", "uniform random", "all background"} and rows["S-Seg"]["step"] == 6
+  assert rows["S-Seg"]["threshold_chosen_on"] == "tune"
+  for row in rows.values():
+    assert 0.0 <= row["miou"] <= 1.0 and 0.0 <= row["object_miou"] <= 1.0
   assert (workdir / "results.md").exists() and list((workdir / "overlays").glob("*.png"))
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in logged)
@@ -97,7 +97,7 @@ def test_main_trains_evaluates_and_resumes(tmp_path):
   second = _main(workdir, "--config.total_steps=8")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from" in second.stdout and "at step 6" in second.stdout
-  assert json.loads((workdir / "results.json").read_text())["step"] == 8
+  assert {r["step"] for r in json.loads((workdir / "results.json").read_text())} == {8}
 
 
 def test_misspelt_config_key_fails_at_start_naming_the_key(tmp_path):
@@ -121,7 +121,7 @@ def test_sigterm_requests_a_checkpoint_and_exit_instead_of_killing_the_run():
 
 
 def test_metric_log_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
-  from ovseg_jax import progress
+  from ovseg_jax.train import progress
   first = progress.MetricLogger(tmp_path)
   for step in (2, 4, 6):
     first.write(step, {"loss": float(step)})
@@ -136,13 +136,13 @@ def test_metric_log_of_a_resumed_run_drops_the_steps_it_redoes(tmp_path):
 def test_read_positions_round_trip_through_the_checkpoint_data():
   from data_pipelines import image_text
   positions = [image_text.ReadPosition(epoch=2, shards_done=5), image_text.ReadPosition(epoch=7, shards_done=0)]
-  saved = train._all_read_positions(positions)
+  saved = data.all_read_positions(positions)
   assert saved == {"read_positions": [[[2, 5], [7, 0]]]}
-  assert train._host_read_positions(saved, 2) == positions
-  assert train._host_read_positions(None, 1) == [image_text.ReadPosition()]
+  assert data.host_read_positions(saved, 2) == positions
+  assert data.host_read_positions(None, 1) == [image_text.ReadPosition()]
   # Written by two hosts, resumed by one: the shard split changes, so each source's earliest epoch restarts.
   two_hosts = {"read_positions": [[[3, 1], [4, 4]], [[2, 7], [5, 0]]]}
-  assert train._host_read_positions(two_hosts, 2) == [image_text.ReadPosition(2), image_text.ReadPosition(4)]
+  assert data.host_read_positions(two_hosts, 2) == [image_text.ReadPosition(2), image_text.ReadPosition(4)]
 
 
 def test_multi_label_texts_train_with_the_extra_loss(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovseg_jax import visualize
+from ovseg_jax.eval import tables, visualize
 
 NAMES = ["background", "cat", "dog", "car", "tree"]
 
@@ -104,14 +104,14 @@ def test_save_overlays(example, tmp_path):
 
 def test_markdown_tables():
   rows = [{"predictor": "trained", "mIoU": 0.51234, "n": 3}, {"predictor": "a|b", "mIoU": float("nan"), "n": 10}]
-  assert visualize.markdown_table(rows, ["predictor", "mIoU", "n"]) == (
+  assert tables.markdown_table(rows, ["predictor", "mIoU", "n"]) == (
       "| predictor | mIoU | n |\n"
       "|---|---:|---:|\n"
       "| trained | 0.512 | 3 |\n"
       "| a\\|b | n/a | 10 |")
   with pytest.raises(ValueError, match="column"):
-    visualize.markdown_table(rows, ["predictor", "pixel acc"])
-  assert visualize.per_class_table(np.array([0.25, np.nan]), ["sky", "cat"]) == (
+    tables.markdown_table(rows, ["predictor", "pixel acc"])
+  assert tables.per_class_table(np.array([0.25, np.nan]), ["sky", "cat"]) == (
       "| id | class | IoU |\n"
       "|---:|---|---:|\n"
       "| 0 | sky | 0.250 |\n"

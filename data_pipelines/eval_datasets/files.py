@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from data_pipelines.eval_datasets.base import DatasetInfo, Example
 
@@ -37,9 +37,12 @@ def read_label(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-  """uint8 RGB [H, W, 3] of any image file PIL reads."""
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"))
+  """uint8 RGB [H, W, 3] of any image file PIL reads; an unreadable file raises ValueError naming it."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"{path} is not a readable image ({e}); give a JPEG or PNG file.") from e
 
 
 class FileDataset:

@@ -1,5 +1,5 @@
 """CLIP (ViT image tower + causal text tower) in Flax, laid out like OpenAI's model so released weights map
-one to one, and `load_clip` for the files users have.
+one to one (`ovseg_jax.weights.load_clip` reads the files users have).
 
 `encode_image` and `encode_text` give the projected (not normalised) embeddings of the PyTorch model;
 `encode_dense` gives one embedding per patch for mask pooling: the last block's attention is replaced by its
@@ -9,14 +9,13 @@ because the last layer's query/key were trained only to pool into the class toke
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ovseg_jax.models.layers import DType
-from ovseg_jax.models.vit import bicubic_resize_matrix
+from ovseg_jax.models.resize import bicubic_resize_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,17 +161,3 @@ class CLIP(nn.Module):
 
   def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encode_image(images), self.encode_text(tokens)
-
-
-def load_clip(path: str | Path, *, activation: str | None = None,
-              dtype: DType = jnp.float32) -> tuple[CLIP, dict]:
-  """A CLIP and its params from an OpenAI `.pt` (TorchScript or state dict), an open_clip `.bin` /
-  `.pth` / `.safetensors`, or a Hugging Face CLIPModel directory. Use as
-  `module.apply({'params': params}, images, method='encode_image')`.
-
-  open_clip state dicts do not record the activation: it is read from an `open_clip_config.json` beside the
-  file, else must be given (`activation='quick_gelu'` for OpenAI-trained weights, 'gelu' for most others).
-  """
-  from ovseg_jax.weights import clip as clip_weights
-  architecture, params = clip_weights.read_clip(Path(path), activation=activation)
-  return CLIP(architecture, dtype), params

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -22,9 +21,7 @@ from ovseg_jax.models.layers import DType, Mlp
 from ovseg_jax.models.maskformer import MaskHead, TransformerDecoder
 from ovseg_jax.models.pixel_decoder import FPNPixelDecoder
 from ovseg_jax.models.text_transformer import TextTransformer
-from ovseg_jax.models import swin
-from ovseg_jax.models.vit import ViTBackbone
-from ovseg_jax.weights import swin as swin_weights
+from ovseg_jax.models.backbones import build_backbone, checked_section
 
 # 'mean_then_project': paper, MLP(mean_n feature_n); 'project_then_mean': mean_n MLP(feature_n).
 POOL_ORDERS = ("mean_then_project", "project_then_mean")
@@ -122,12 +119,6 @@ class SSeg(nn.Module):
             "logit_scale": self.logit_scale()}
 
 
-# name -> (patch_size, width, depth, num_heads); MLP width 4x. ViT-S/B/L as released (DeiT/CLIP/DINO sizes).
-VIT_VARIANTS = {
-    "S/16": (16, 384, 12, 6), "S/8": (8, 384, 12, 6), "B/16": (16, 768, 12, 12), "B/8": (8, 768, 12, 12),
-    "L/14": (14, 1024, 24, 16),
-}
-_CUSTOM_VIT = ("patch_size", "width", "depth", "num_heads", "mlp_dim")
 _SECTIONS = {  # section -> (required keys, optional keys with defaults)
     "pixel_decoder": (("conv_dim", "mask_dim"), {}),
     "decoder": (("num_queries", "dim", "num_heads", "mlp_dim", "num_layers"), {"dropout_rate": 0.0}),
@@ -137,61 +128,17 @@ _TOP_LEVEL_OPTIONAL = {"pool_order": "mean_then_project", "mask_feature_source":
                        "dtype": "float32"}
 
 
-def _checked(section: Mapping[str, Any], where: str, required: tuple[str, ...],
-             optional: Mapping[str, Any]) -> dict[str, Any]:
-  section = dict(section)
-  missing = [k for k in required if k not in section]
-  unknown = sorted(set(section) - set(required) - set(optional))
-  if missing or unknown:
-    raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}; expected {list(required)} "
-                     f"and optionally {list(optional)}.")
-  return {**optional, **section}
-
-
-def build_backbone(cfg: Mapping[str, Any], conv_dim: int, dtype: Any = jnp.float32) -> nn.Module:
-  """`model.backbone`: {name: 'Swin-T'|'Swin-S'|'Swin-B'|'S/16'|'S/8'|'B/16'|'B/8'|'L/14'} (+ drop_path_rate for
-  Swin), or a custom ViT {patch_size, width, depth, num_heads, mlp_dim}; optional `checkpoint` (pretrained
-  weights, see `pretrained_backbone_params`)."""
-  cfg = dict(cfg)
-  name = cfg.pop("name", None)
-  cfg.pop("checkpoint", None)
-  if name in swin.VARIANTS:
-    b = _checked(cfg, f"model.backbone ({name})", (), {"drop_path_rate": 0.0})
-    return swin.swin(name, drop_path_rate=b["drop_path_rate"], dtype=dtype)
-  if name in VIT_VARIANTS:
-    _checked(cfg, f"model.backbone ({name})", (), {})
-    patch, width, depth, heads = VIT_VARIANTS[name]
-    return ViTBackbone(patch, width, depth, heads, 4 * width, out_dim=conv_dim, dtype=dtype)
-  if name is not None:
-    raise ValueError(f"model.backbone.name={name!r}: use one of {sorted(swin.VARIANTS) + sorted(VIT_VARIANTS)}, "
-                     f"or no name and the custom ViT keys {list(_CUSTOM_VIT)}.")
-  b = _checked(cfg, "model.backbone", _CUSTOM_VIT, {})
-  return ViTBackbone(b["patch_size"], b["width"], b["depth"], b["num_heads"], b["mlp_dim"], out_dim=conv_dim,
-                     dtype=dtype)
-
-
-def pretrained_backbone_params(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
-  """Backbone params read from `model.backbone.checkpoint` (released / timm / MaskFormer Swin files), or None."""
-  path, name = cfg.get("checkpoint"), cfg.get("name")
-  if not path:
-    return None
-  if name not in swin.VARIANTS:
-    raise ValueError(f"model.backbone.checkpoint is supported for Swin backbones {sorted(swin.VARIANTS)}, not "
-                     f"{name!r}; drop the checkpoint or choose a Swin.")
-  return swin_weights.read_swin(Path(path).expanduser(), *swin.VARIANTS[name])
-
-
 def build_sseg(model_config: Mapping[str, Any]) -> SSeg:
   """SSeg from a config (dict or ConfigDict) with sections backbone, pixel_decoder, decoder, text and
   top-level embed_dim, pool_order, logit_scale_init, dtype (see `configs/sseg_demo.py`)."""
   cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
   sections = ("backbone", *_SECTIONS)
-  top = _checked({k: v for k, v in cfg.items() if k not in sections}, "model", ("embed_dim",),
+  top = checked_section({k: v for k, v in cfg.items() if k not in sections}, "model", ("embed_dim",),
                  _TOP_LEVEL_OPTIONAL)
   for name in sections:
     if name not in cfg:
       raise ValueError(f"model: missing section {name!r}; expected sections {list(sections)}.")
-  p, d, t = (_checked(cfg[name], f"model.{name}", *_SECTIONS[name]) for name in _SECTIONS)
+  p, d, t = (checked_section(cfg[name], f"model.{name}", *_SECTIONS[name]) for name in _SECTIONS)
   try:
     dtype = jnp.dtype(top["dtype"])
   except TypeError as e:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovseg_jax.models.layers import ConvGroupNorm, DType, norm_groups
-from ovseg_jax.models.vit import ViT, _power_of_two_ratio
+from ovseg_jax.models.vit import ViT, power_of_two_ratio
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -52,8 +52,8 @@ class MultiLevelNeck(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     outputs = []
     for level, (stride, x) in enumerate(zip(PYRAMID_STRIDES, features)):
-      up = _power_of_two_ratio(self.patch_size, stride)
-      down = _power_of_two_ratio(stride, self.patch_size)
+      up = power_of_two_ratio(self.patch_size, stride)
+      down = power_of_two_ratio(stride, self.patch_size)
       if up is None and down is None:
         raise ValueError(f"UperNet: patch size {self.patch_size} and stride {stride} must differ by a power "
                          "of two (patch sizes 4, 8, 16 or 32).")

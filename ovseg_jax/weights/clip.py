@@ -14,8 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_jax.models.clip import ClipArchitecture
-from ovseg_jax.weights import convert, torch_files
+import jax.numpy as jnp
+
+from ovseg_jax.models.clip import CLIP, ClipArchitecture
+from ovseg_jax.models.layers import DType
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.torch_files as torch_files
 
 # Buffers and metadata that TorchScript archives and Hugging Face files carry besides the weights.
 _IGNORED = re.compile(r"(visual\.)?transformer\.resblocks\.\d+\.attn_mask$|input_resolution$|context_length$|"
@@ -179,3 +183,16 @@ def _read_hf_directory(path: Path) -> tuple[ClipArchitecture, dict[str, Any]]:
   convert.check_keys(state, _openai_shapes(architecture), _IGNORED, weight_files[0],
                      "Hugging Face CLIPModel weights matching its config.json")
   return architecture, _openai_to_params(state, architecture)
+
+
+def load_clip(path: str | Path, *, activation: str | None = None,
+              dtype: DType = jnp.float32) -> tuple[CLIP, dict]:
+  """A CLIP and its params from an OpenAI `.pt` (TorchScript or state dict), an open_clip `.bin` /
+  `.pth` / `.safetensors`, or a Hugging Face CLIPModel directory. Use as
+  `module.apply({'params': params}, images, method='encode_image')`.
+
+  open_clip state dicts do not record the activation: it is read from an `open_clip_config.json` beside the
+  file, else must be given (`activation='quick_gelu'` for OpenAI-trained weights, 'gelu' for most others).
+  """
+  architecture, params = read_clip(Path(path), activation=activation)
+  return CLIP(architecture, dtype), params

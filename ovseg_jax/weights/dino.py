@@ -1,12 +1,11 @@
 """DINO ViT weights: original `.pth` state dicts and Hugging Face `facebook/dino-*` directories -> the
-architecture and the params of `ovseg_jax.models.vit.DinoViT`.
+architecture and the params of `ovseg_jax.models.dino.DinoViT`; `load_dino` builds both.
 
 Hugging Face keys are first renamed to DINO's (query/key/value fused into qkv), so a single DINO -> Flax
 map follows. Every key and shape is checked before conversion and all problems are reported at once.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -14,9 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
-from ovseg_jax.weights import convert, torch_files
+from ovseg_jax.models.dino import DinoViT
+from ovseg_jax.models.layers import DType
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.torch_files as torch_files
 
 # Keys that belong to heads around the backbone (DINO's projection head, HF's pooler and classifier);
 # DINO and Hugging Face also skip them when they load a backbone.
@@ -24,22 +27,10 @@ _DINO_IGNORED = re.compile(r"head\.")
 _HF_IGNORED = re.compile(r"pooler\.|classifier\.|embeddings\.mask_token$")
 
 
-@dataclasses.dataclass(frozen=True)
-class DinoArchitecture:
-  """The `DinoViT` fields a checkpoint determines."""
-  patch_size: int
-  width: int
-  depth: int
-  num_heads: int
-  mlp_dim: int
-  image_size: int
-  layer_norm_eps: float
-  dino_interpolation: bool
-
-
 def read_dino(path: str | Path, *, num_heads: int | None = None,
-              checkpoint_key: str = "teacher") -> tuple[DinoArchitecture, dict[str, Any]]:
-  """(architecture, params) from a DINO `.pth` (or `.safetensors`) file or a Hugging Face directory."""
+              checkpoint_key: str = "teacher") -> tuple[DinoViT, dict[str, Any]]:
+  """(the `DinoViT` the file describes, its params) from a DINO `.pth` (or `.safetensors`) file or a Hugging Face
+  directory."""
   path = Path(path)
   if path.is_dir():
     return _read_hf_directory(path)
@@ -73,7 +64,7 @@ def _unwrap(obj: Any, path: Path, checkpoint_key: str) -> dict[str, np.ndarray]:
 
 
 def _infer_dino_architecture(state: Mapping[str, np.ndarray], path: Path,
-                             num_heads: int | None) -> DinoArchitecture:
+                             num_heads: int | None) -> DinoViT:
   needed = ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight")
   if any(k not in state for k in needed):
     raise ValueError(f"{path}: expected a DINO VisionTransformer state dict with keys {list(needed)}, found "
@@ -87,12 +78,12 @@ def _infer_dino_architecture(state: Mapping[str, np.ndarray], path: Path,
   if width % num_heads:
     raise ValueError(f"{path}: width {width} is not divisible by num_heads={num_heads}.")
   depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-  return DinoArchitecture(patch_size=patch, width=width, depth=depth, num_heads=num_heads,
+  return DinoViT(patch_size=patch, width=width, depth=depth, num_heads=num_heads,
                           mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0], image_size=grid * patch,
                           layer_norm_eps=1e-6, dino_interpolation=True)
 
 
-def _dino_shapes(a: DinoArchitecture) -> dict[str, tuple[int, ...]]:
+def _dino_shapes(a: DinoViT) -> dict[str, tuple[int, ...]]:
   """Every key and shape of a DINO VisionTransformer state dict."""
   c, m, p = a.width, a.mlp_dim, a.patch_size
   tokens = 1 + (a.image_size // p) ** 2
@@ -122,7 +113,7 @@ def _hf_renames(depth: int) -> dict[str, str]:
   return names
 
 
-def _hf_shapes(a: DinoArchitecture) -> dict[str, tuple[int, ...]]:
+def _hf_shapes(a: DinoViT) -> dict[str, tuple[int, ...]]:
   """Every key and shape of a Hugging Face ViTModel state dict (pooler aside)."""
   dino = _dino_shapes(a)
   shapes = {hf: dino[d] for hf, d in _hf_renames(a.depth).items()}
@@ -143,7 +134,7 @@ def _hf_to_dino(state: Mapping[str, np.ndarray], depth: int) -> dict[str, np.nda
   return dino
 
 
-def _read_hf_directory(path: Path) -> tuple[DinoArchitecture, dict[str, Any]]:
+def _read_hf_directory(path: Path) -> tuple[DinoViT, dict[str, Any]]:
   config_file = path / "config.json"
   weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
   if not config_file.is_file() or weights is None:
@@ -163,7 +154,7 @@ def _read_hf_directory(path: Path) -> tuple[DinoArchitecture, dict[str, Any]]:
   return architecture, _dino_to_params(_hf_to_dino(state, architecture.depth), architecture.depth)
 
 
-def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> DinoArchitecture:
+def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> DinoViT:
   """The architecture a ViTConfig describes (absent fields take ViTConfig's defaults, as in transformers)."""
   get = lambda key, default: config.get(key, default)
   problems = []
@@ -180,7 +171,7 @@ def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> DinoArchit
     problems.append(f"hidden_size {width} not divisible by num_attention_heads {heads}")
   if problems:
     raise ValueError(f"{config_file}: not a DINO-style ViT config: {'; '.join(problems)}.")
-  return DinoArchitecture(patch_size=get("patch_size", 16), width=width, depth=get("num_hidden_layers", 12),
+  return DinoViT(patch_size=get("patch_size", 16), width=width, depth=get("num_hidden_layers", 12),
                           num_heads=heads, mlp_dim=get("intermediate_size", 3072),
                           image_size=get("image_size", 224), layer_norm_eps=get("layer_norm_eps", 1e-12),
                           dino_interpolation=False)
@@ -199,3 +190,15 @@ def _dino_to_params(state: Mapping[str, np.ndarray], depth: int) -> dict[str, An
                             "attn": {"qkv": dense(f"{b}.attn.qkv"), "proj": dense(f"{b}.attn.proj")},
                             "mlp": {"dense_0": dense(f"{b}.mlp.fc1"), "dense_1": dense(f"{b}.mlp.fc2")}}
   return params
+
+
+def load_dino(path: str | Path, *, num_heads: int | None = None, checkpoint_key: str = "teacher",
+              dtype: DType = jnp.float32) -> tuple[DinoViT, dict]:
+  """A DINO ViT and its params from a DINO `.pth` file or a Hugging Face `facebook/dino-*` directory.
+
+  `.pth` files do not record the number of heads: it defaults to width / 64 (every released DINO ViT);
+  pass `num_heads` for others. Full training checkpoints use their `checkpoint_key` ('teacher' as in
+  DINO's own evaluation, or 'student'). Use as `module.apply({'params': params}, images)`.
+  """
+  module, params = read_dino(path, num_heads=num_heads, checkpoint_key=checkpoint_key)
+  return module.clone(dtype=dtype), params

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ovseg_jax.models.swin import VARIANTS
-from ovseg_jax.weights import convert, torch_files
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.torch_files as torch_files
 
 _IGNORED = re.compile(r"head\.|norm\.|layers\.\d+\.blocks\.\d+\.(attn_mask|attn\.relative_position_index)$")
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_jax.weights import dino
+import ovseg_jax.weights.dino as dino
+from ovseg_jax.models.dino import DinoViT
 
 
-def read_vit_backbone(path: str | Path, num_heads: int | None = None) -> tuple[dino.DinoArchitecture, dict[str, Any]]:
+def read_vit_backbone(path: str | Path, num_heads: int | None = None) -> tuple[DinoViT, dict[str, Any]]:
   """(architecture, `ViT` params) from a ViT checkpoint; its state dict may sit under 'model' (MAE)."""
   architecture, source = dino.read_dino(Path(path).expanduser(), num_heads=num_heads, checkpoint_key="model")
   width, heads = architecture.width, architecture.num_heads

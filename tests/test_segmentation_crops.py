@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ovseg_jax import segmentation_data
-from ovseg_jax.segmentation_data import CropSpec
+from data_pipelines import segmentation_crops
+from data_pipelines.segmentation_crops import CropSpec
 
 RNG = np.random.default_rng(0)
 
@@ -23,7 +23,7 @@ def test_crop_is_a_window_of_the_sample_or_its_mirror():
   spec = CropSpec(crop_size=12, scale=(30, 20), ratio_range=(1.0, 1.0), cat_max_ratio=1.0)  # No rescaling.
   flips = []
   for seed in range(12):
-    crop_image, crop_label = segmentation_data.augment(image, label, spec, np.random.default_rng(seed))
+    crop_image, crop_label = segmentation_crops.augment(image, label, spec, np.random.default_rng(seed))
     assert crop_image.shape == (12, 12, 3) and crop_label.dtype == np.int32
     where = _find_window(label, crop_label)
     flipped = where is None
@@ -42,7 +42,7 @@ def test_rescale_keeps_the_aspect_and_fits_the_scale():
   label = np.zeros((40, 100), np.int64)
   spec = CropSpec(crop_size=400, scale=(200, 50), ratio_range=(2.0, 2.0), cat_max_ratio=1.0)
   # Fits 400 x 100 at ratio 2: factor min(400/100, 100/40) = 2.5 -> 250 x 100, padded to 400 x 400.
-  crop_image, crop_label = segmentation_data.augment(image, label, spec, np.random.default_rng(0))
+  crop_image, crop_label = segmentation_crops.augment(image, label, spec, np.random.default_rng(0))
   labelled = crop_label != spec.ignore_index
   assert labelled.sum() == 250 * 100 and labelled[:100, :250].all()
   assert not crop_image[100:].any()
@@ -54,17 +54,17 @@ def test_class_ratio_rule_prefers_mixed_crops():
   image = np.zeros((64, 64, 3), np.uint8)
   def mixed_fraction(ratio):
     spec = CropSpec(crop_size=16, scale=(64, 64), ratio_range=(1.0, 1.0), cat_max_ratio=ratio)
-    crops = [segmentation_data.augment(image, label, spec, np.random.default_rng(s))[1] for s in range(60)]
+    crops = [segmentation_crops.augment(image, label, spec, np.random.default_rng(s))[1] for s in range(60)]
     return np.mean([np.mean(c == 1) not in (0.0, 1.0) and max(np.mean(c == 0), np.mean(c == 1)) < 0.75
                     for c in crops])
   assert mixed_fraction(1.0) < 0.3 and mixed_fraction(0.75) > 0.8
 
 
 def test_epochs_visit_every_sample_once():
-  order = segmentation_data.sample_indices(7, seed=3, start=0, count=21)
+  order = segmentation_crops.sample_indices(7, seed=3, start=0, count=21)
   for epoch in range(3):
     assert sorted(order[7 * epoch:7 * epoch + 7]) == list(range(7))
-  np.testing.assert_array_equal(segmentation_data.sample_indices(7, 3, 5, 9), order[5:14])
+  np.testing.assert_array_equal(segmentation_crops.sample_indices(7, 3, 5, 9), order[5:14])
 
 
 def test_resumed_batches_equal_the_uninterrupted_ones():
@@ -72,9 +72,9 @@ def test_resumed_batches_equal_the_uninterrupted_ones():
   labels = RNG.integers(0, 4, (5, 24, 24))
   read = lambda i: (images[i], labels[i])
   spec = CropSpec(crop_size=16, scale=(24, 24), ratio_range=(0.5, 2.0))
-  full = segmentation_data.crop_batches(5, read, 3, seed=1, start_step=0, spec=spec, workers=2)
+  full = segmentation_crops.crop_batches(5, read, 3, seed=1, start_step=0, spec=spec, workers=2)
   first = [next(full) for _ in range(4)]
-  resumed = next(segmentation_data.crop_batches(5, read, 3, seed=1, start_step=3, spec=spec, workers=2))
+  resumed = next(segmentation_crops.crop_batches(5, read, 3, seed=1, start_step=3, spec=spec, workers=2))
   for key in ("image", "label"):
     np.testing.assert_array_equal(resumed[key], first[3][key])
   assert not np.array_equal(first[0]["image"], first[1]["image"])
@@ -84,6 +84,6 @@ def test_resumed_batches_equal_the_uninterrupted_ones():
 def test_small_images_are_padded_with_ignore(shape):
   image = RNG.integers(1, 256, (*shape, 3), dtype=np.uint8)
   spec = CropSpec(crop_size=32, scale=shape[::-1], ratio_range=(1.0, 1.0), cat_max_ratio=1.0)
-  crop_image, crop_label = segmentation_data.augment(image, np.ones(shape, np.int64), spec, np.random.default_rng(0))
+  crop_image, crop_label = segmentation_crops.augment(image, np.ones(shape, np.int64), spec, np.random.default_rng(0))
   assert (crop_label != spec.ignore_index).sum() == min(shape) * 32
 

@@ -18,7 +18,9 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 
-from ovseg_jax import checkpoint, progress, sharding
+from ovseg_jax.train import checkpoint
+from ovseg_jax.train import progress
+from ovseg_jax.train import sharding
 
 
 class Preemption:

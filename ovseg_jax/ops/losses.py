@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ovseg_jax.ops.normalize import l2_normalize
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -112,10 +114,6 @@ def matched_mask_loss(pred_logits: jax.Array, target: jax.Array, target_valid: j
   return out
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps * eps))
-
-
 def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array,
                      logit_scale: jax.Array | float) -> dict[str, jax.Array]:
   """Symmetric InfoNCE over the (global) batch: loss = L_I->T + L_T->I (paper eq. 2-3, their sum).
@@ -126,8 +124,8 @@ def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array,
   if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
     raise ValueError(f"contrastive_loss takes image_emb and text_emb of the same shape [B, D]; got "
                      f"{image_emb.shape} and {text_emb.shape}.")
-  x = _l2_normalize(image_emb.astype(jnp.float32))
-  y = _l2_normalize(text_emb.astype(jnp.float32))
+  x = l2_normalize(image_emb.astype(jnp.float32), eps=1e-6)
+  y = l2_normalize(text_emb.astype(jnp.float32), eps=1e-6)
   logits = logit_scale * jnp.einsum("id,jd->ij", x, y, precision=_HIGHEST)
   positives = jnp.diagonal(logits)
   i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - positives)
@@ -146,8 +144,8 @@ def multi_label_contrastive_loss(image_emb: jax.Array, prompt_emb: jax.Array, pr
   L_T->I = -log(exp(s_ik,i) / sum_j exp(s_ik,j)), over valid prompts; loss = their sum.
   """
   b, k, d = prompt_emb.shape
-  x = _l2_normalize(image_emb.astype(jnp.float32))
-  y = _l2_normalize(prompt_emb.astype(jnp.float32)).reshape(b * k, d)
+  x = l2_normalize(image_emb.astype(jnp.float32), eps=1e-6)
+  y = l2_normalize(prompt_emb.astype(jnp.float32), eps=1e-6).reshape(b * k, d)
   valid = prompt_valid.reshape(b * k)
   logits = logit_scale * jnp.einsum("id,jd->ij", x, y, precision=_HIGHEST)  # [B, B*K]
   own = jnp.repeat(jnp.eye(b, dtype=bool), k, axis=1) & valid[None]

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from ovseg_jax import evaluate, inference
+from ovseg_jax.eval import mask_scores as inference
 
 
 def _softmax(x):
@@ -55,16 +55,3 @@ def test_pixel_class_scores_match_numpy(inputs, decode):
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="eval.decode"):
     inference.pixel_class_scores(x["mask_logits"], x["mask_emb"], x["text"], 1.0, (4, 4), "mean")
-
-
-def test_background_threshold_and_tuning_on_constructed_predictions():
-  best_class = np.array([[[1, 2], [2, 1]]], np.int32)
-  best_score = np.array([[[0.9, 0.2], [0.6, 0.4]]], np.float32)
-  pred = evaluate.SplitPredictions(best_score, best_class)
-  np.testing.assert_array_equal(pred.labels(0, 0.5), [[[1, 0], [2, 0]]])
-  np.testing.assert_array_equal(pred.labels(0, 0.0), best_class)  # threshold 0: never background
-  np.testing.assert_array_equal(pred.labels(None, 0.99), best_class)  # no background class at all
-  # Ground truth: the two low-score pixels are background, so any threshold in (0.4, 0.6] is perfect.
-  label = np.array([[[1, 0], [2, 0]]], np.uint8)
-  threshold = evaluate.tune_background_threshold(pred, label, 3, background_id=0)
-  assert 0.4 < threshold <= 0.6

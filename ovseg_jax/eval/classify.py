@@ -1,7 +1,7 @@
 """CLIP classification of mask proposals: masked crops (OVSeg) and mask-pooled dense features (MaskCLIP).
 
 Both return per-mask class probabilities [B, N, K] (softmax over the K class embeddings of the scaled cosine
-similarity) that the ensembles in `ovseg_jax.ensembles` combine with the segmenter's own. Images are CLIP-
+similarity) that the ensembles in `ovseg_jax.eval.ensembles` combine with the segmenter's own. Images are CLIP-
 normalised, so filling outside a mask with 0 is filling with CLIP's mean colour, as OVSeg does.
 """
 from __future__ import annotations
@@ -12,14 +12,11 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ovseg_jax import ensembles
+from ovseg_jax.eval import ensembles
+from ovseg_jax.ops.normalize import l2_normalize
 
 # CLIP's trained temperature: OpenAI's models end training at the clip bound, exp(logit_scale) = 100.
 CLIP_LOGIT_SCALE = 100.0
-
-
-def _l2_normalize(x: Array) -> Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def class_probs(embeddings: Array, text_embeddings: Array, logit_scale: float = CLIP_LOGIT_SCALE,
@@ -29,7 +26,7 @@ def class_probs(embeddings: Array, text_embeddings: Array, logit_scale: float = 
   `no_object_logit` adds a fixed "no object" class with that logit (a constant embedding's score) to the
   softmax and drops its column, so a mask that resembles no class keeps little probability for any.
   """
-  logits = logit_scale * _l2_normalize(embeddings.astype(jnp.float32)) @ _l2_normalize(text_embeddings).T
+  logits = logit_scale * l2_normalize(embeddings.astype(jnp.float32)) @ l2_normalize(text_embeddings).T
   if no_object_logit is None:
     return jax.nn.softmax(logits, axis=-1)
   extra = jnp.full((*logits.shape[:-1], 1), no_object_logit, logits.dtype)

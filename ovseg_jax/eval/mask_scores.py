@@ -15,13 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.tokenizer import tokenize
-from ovseg_jax.preprocessing import normalize_images
+from ovseg_jax.ops.normalize import l2_normalize, normalize_images
 
 DECODE_METHODS = ("sum", "winner")
-
-
-def _l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def class_text_embeddings(model: Any, params: Any, class_names: Sequence[str], templates: Sequence[str],
@@ -32,8 +28,8 @@ def class_text_embeddings(model: Any, params: Any, class_names: Sequence[str], t
   prompts = [t.format(name) for name in class_names for t in templates]
   tokens = jnp.asarray(tokenize(prompts, context_length=context_length))
   emb = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))(params, tokens)
-  emb = _l2_normalize(emb).reshape(len(class_names), len(templates), -1)
-  return _l2_normalize(jnp.mean(emb, axis=1))
+  emb = l2_normalize(emb).reshape(len(class_names), len(templates), -1)
+  return l2_normalize(jnp.mean(emb, axis=1))
 
 
 def expand_synonyms(class_names: Sequence[str],
@@ -58,7 +54,7 @@ def expand_synonyms(class_names: Sequence[str],
 def mask_class_probs(mask_embeddings: jax.Array, text_embeddings: jax.Array, logit_scale: jax.Array,
                      name_groups: jax.Array | None = None) -> jax.Array:
   """[B, N, C]: softmax over names of the scaled cosine similarity, synonym probabilities summed per class."""
-  class_prob = jax.nn.softmax(logit_scale * _l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
+  class_prob = jax.nn.softmax(logit_scale * l2_normalize(mask_embeddings) @ text_embeddings.T, axis=-1)
   return class_prob if name_groups is None else class_prob @ name_groups
 
 
@@ -93,7 +89,7 @@ def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_
 def make_segmenter(model: Any, decode: str, reclassify: Callable | None = None):
   """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [names,D], name_groups [names,C])
   -> scores [B,C,H,W]`. `reclassify(class_prob, images, mask_logits) -> class scores` replaces the learned
-  per-mask class probabilities (e.g. by a CLIP classifier or an ensemble, `ovseg_jax.classify`)."""
+  per-mask class probabilities (e.g. by a CLIP classifier or an ensemble, `ovseg_jax.eval.classify`)."""
   def fn(params, images, text_embeddings, name_groups):
     normalized = normalize_images(images)
     out = model.apply({"params": params}, normalized, method="encode_image")

@@ -13,8 +13,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ovseg_jax import losses, matching, preprocessing, pseudo_masks
-from ovseg_jax.preprocessing import normalize_images
+from ovseg_jax.ops import losses
+from ovseg_jax.ops import matching
+from ovseg_jax.ops import normalize as preprocessing
+from ovseg_jax.ops import pseudo_masks
+from ovseg_jax.ops.normalize import normalize_images
 
 
 def make_pseudo_mask_fn(cfg: ml_collections.ConfigDict, image_size: int,

@@ -10,20 +10,23 @@ from PIL import Image
 from configs import eval_suite as eval_suite_config
 from configs import sseg_demo
 from data_pipelines.eval_datasets import DatasetInfo, Example
-from ovseg_jax import eval_suite, metrics, predict, prompts, sliding_window, train
+from ovseg_jax import evaluate, predict
+from ovseg_jax.eval import engine, metrics, prompts, protocol as protocols, windows
+from ovseg_jax.eval.open_vocabulary import ClipSetup, open_vocabulary_predictor
+from ovseg_jax.methods.sseg import trainer as train
 
 
 def _protocol(**kw):
   base = dict(short_side=None, window=8, stride=4, templates=prompts.SINGLE, background="threshold",
               background_threshold=0.5, background_score=0.3, decode="sum", batch_size=3, synonyms={})
-  return eval_suite.Protocol(**{**base, **kw})
+  return protocols.Protocol(**{**base, **kw})
 
 
 @pytest.mark.parametrize("length,window,stride", [(10, 4, 3), (8, 8, 4), (5, 8, 4), (23, 7, 5), (448, 448, 224)])
 def test_window_starts_follow_mmseg_grid(length, window, stride):
   grids = max(length - window + stride - 1, 0) // stride + 1  # mmseg's slide_inference
   expected = [max(min(i * stride, length - window), 0) for i in range(grids)]
-  assert sliding_window.window_starts(length, window, stride) == expected
+  assert windows.window_starts(length, window, stride) == expected
 
 
 def _window_scores(batch):
@@ -34,7 +37,7 @@ def _window_scores(batch):
 
 def test_slide_averages_overlapping_windows_like_a_direct_reference():
   image = np.random.default_rng(0).integers(0, 255, (11, 13, 3), dtype=np.uint8)
-  out = sliding_window.slide(_window_scores, image, 2, window=6, stride=4, batch_size=3)
+  out = windows.slide(_window_scores, [image], 2, window=6, stride=4, batch_size=3)[0]
   total, count = np.zeros((2, 11, 13)), np.zeros((11, 13))
   for y in (0, 4, 5):  # Starts on an 11-pixel axis: every 4, the last flush with the end.
     for x in (0, 4, 7):
@@ -48,25 +51,34 @@ def test_one_window_covering_the_image_equals_whole_image_inference():
   image = np.random.default_rng(1).integers(0, 255, (6, 5, 3), dtype=np.uint8)
   padded = np.zeros((8, 8, 3), np.uint8)
   padded[:6, :5] = image
-  out = sliding_window.slide(_window_scores, image, 2, window=8, stride=4, batch_size=2)
+  out = windows.slide(_window_scores, [image], 2, window=8, stride=4, batch_size=2)[0]
   np.testing.assert_allclose(out, _window_scores(padded[None])[0][:, :6, :5], rtol=1e-6)
+
+
+def test_windows_of_several_images_share_batches_without_mixing_them():
+  rng = np.random.default_rng(4)
+  images = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in ((11, 13, 3), (6, 5, 3), (9, 9, 3))]
+  together = windows.slide(_window_scores, images, 2, window=6, stride=4, batch_size=5)
+  for image, out in zip(images, together):
+    np.testing.assert_allclose(out, windows.slide(_window_scores, [image], 2, window=6, stride=4, batch_size=2)[0],
+                               rtol=1e-6)
 
 
 def test_background_rules_on_constructed_scores():
   scores = np.array([[[0.9, 0.2, 0.4]], [[0.1, 0.3, 0.45]]])  # classes 1 and 2 of a dataset, background 0
   ids = [1, 2]
-  threshold = eval_suite.decide_labels(scores, ids, 0, _protocol(background="threshold"), 0.35)
+  threshold = protocols.decide_labels(scores, ids, 0, _protocol(background="threshold"), 0.35)
   np.testing.assert_array_equal(threshold, [[1, 0, 2]])
-  constant = eval_suite.decide_labels(scores, ids, 0, _protocol(background="constant", background_score=0.42), 0.0)
+  constant = protocols.decide_labels(scores, ids, 0, _protocol(background="constant", background_score=0.42), 0.0)
   np.testing.assert_array_equal(constant, [[1, 0, 2]])
-  exclude = eval_suite.decide_labels(scores, ids, 0, _protocol(background="exclude"), 0.99)
+  exclude = protocols.decide_labels(scores, ids, 0, _protocol(background="exclude"), 0.99)
   np.testing.assert_array_equal(exclude, [[1, 2, 2]])
   label = np.array([[0, 1, 2]])
-  np.testing.assert_array_equal(eval_suite.labels_for_metrics(label, 0, 255, _protocol(background="exclude")),
+  np.testing.assert_array_equal(protocols.labels_for_metrics(label, 0, 255, _protocol(background="exclude")),
                                 [[255, 1, 2]])
-  np.testing.assert_array_equal(eval_suite.labels_for_metrics(label, 0, 255, _protocol()), label)
-  assert eval_suite.text_classes(("background", "a", "b"), 0, _protocol()) == [1, 2]
-  assert eval_suite.text_classes(("background", "a"), 0, _protocol(synonyms={"background": ("sky",)})) == [0, 1]
+  np.testing.assert_array_equal(protocols.labels_for_metrics(label, 0, 255, _protocol()), label)
+  assert protocols.text_classes(("background", "a", "b"), 0, _protocol()) == [1, 2]
+  assert protocols.text_classes(("background", "a"), 0, _protocol(synonyms={"background": ("sky",)})) == [0, 1]
 
 
 class _Dataset:
@@ -80,6 +92,20 @@ class _Dataset:
     return iter(self._examples)
 
 
+class _FixedPredictor:
+  """Scores each image as one-hot maps of a fixed label map (dataset ids 0..C-1), in dataset order."""
+
+  def __init__(self, preds, num_classes, batch_size=2):
+    self.protocol, self.background_id, self.class_ids = _protocol(batch_size=batch_size), 0, list(range(num_classes))
+    self._preds, self._num_classes = iter(preds), num_classes
+
+  def scores(self, images):
+    return [np.eye(self._num_classes)[next(self._preds)].transpose(2, 0, 1) for _ in images]
+
+  def labels(self, scores, threshold, hw):
+    return windows.WindowPredictor.labels(self, scores, threshold, hw)
+
+
 def test_seen_unseen_and_ignore_in_dataset_metrics():
   info = DatasetInfo("toy", ("background", "cat", "dog", "cow"), background_class="background",
                      unseen_classes=("cow",))
@@ -90,19 +116,36 @@ def test_seen_unseen_and_ignore_in_dataset_metrics():
   # A predictor that confuses cows with dogs half of the time.
   preds = [np.where((lab == 3) & (rng.random(lab.shape) < 0.5), 2, np.where(lab == 255, 1, lab)).astype(np.int32)
            for lab in labels]
-  it = iter(preds)
-  evaluator = SimpleNamespace(protocol=_protocol(), background_id=0, predict=lambda image, t: next(it))
-  results = eval_suite.evaluate_dataset(evaluator, _Dataset(info, examples), 0.5)
+  results = engine.evaluate_dataset(_FixedPredictor(preds, 4), _Dataset(info, examples), 0.0, "fixed")
   confusion = np.zeros((4, 4), np.int64)
   for p, lab in zip(preds, labels):
     keep = lab != 255
     np.add.at(confusion, (lab[keep], p[keep]), 1)
   iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
   assert results["miou"] == pytest.approx(iou.mean())
+  assert results["object_miou"] == pytest.approx(iou[1:].mean())
   assert results["seen_miou"] == pytest.approx(iou[1:3].mean()) and results["unseen_miou"] == pytest.approx(iou[3])
   s, u = iou[1:3].mean(), iou[3]
   assert results["harmonic_miou"] == pytest.approx(2 * s * u / (s + u))
   assert results["fwiou"] == pytest.approx(metrics.frequency_weighted_iou(confusion))
+
+
+def test_threshold_chooser_and_baselines_on_constructed_scores():
+  info = DatasetInfo("toy", ("background", "cat", "dog"), background_class="background")
+  label = np.array([[1, 0], [2, 0]])
+
+  class Scored(_FixedPredictor):  # Best class 1 or 2; the two low-score pixels are background in the label.
+    def scores(self, images):
+      return [np.stack([np.array([[0.9, 0.2], [0.0, 0.4]]), np.array([[0.0, 0.0], [0.6, 0.1]])]) for _ in images]
+
+  predictor = Scored([], 3)
+  predictor.class_ids = [1, 2]
+  threshold = engine.choose_threshold(predictor, _Dataset(info, [Example("a", np.zeros((2, 2, 3), np.uint8), label)]))
+  assert 0.4 < threshold <= 0.6  # Any threshold in (0.4, 0.6] is perfect.
+  baselines = {r["predictor"]: r for r in engine.baseline_rows(_Dataset(info, [Example("a", None, label)]),
+                                                                _protocol())}
+  assert baselines["all background"]["miou"] == pytest.approx(0.5 / 3)  # background IoU 2/4, others 0.
+  assert 0.0 <= baselines["uniform random"]["miou"] <= 1.0 and baselines["uniform random"]["baseline"]
 
 
 def test_prompt_sets():
@@ -126,17 +169,18 @@ def test_suite_on_a_demo_checkpoint_writes_results_table_and_overlays(demo_workd
   config = eval_suite_config.get_config("demo")
   # Three windows per image; a batch of 8 windows is split over the 8 devices of the test session.
   config.protocol.update(short_side=48, window=32, stride=16, batch_size=8)
-  results = eval_suite.run_suite(config, demo_workdir / "checkpoints", tmp_path / "out")
+  results = evaluate.evaluate_checkpoint(config, str(demo_workdir / "checkpoints"), str(tmp_path / "out"))
   saved = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert [r["predictor"] for r in saved] == ["S-Seg", "uniform random", "all background"]
   assert saved[0]["dataset"] == "demo" and saved[0]["num_images"] == 16 and results[0]["step"] == 6
   assert 0.0 <= saved[0]["miou"] <= 1.0 and 0.0 <= saved[0]["background_threshold"] <= 1.0
   assert "| demo |" in (tmp_path / "out" / "results.md").read_text()
-  assert len(list((tmp_path / "out" / "demo" / "learned" / "overlays").glob("*.png"))) == config.num_overlays
+  assert len(list((tmp_path / "out" / "overlays").glob("demo_S-Seg_*.png"))) == config.num_overlays
 
 
 def test_suite_refuses_a_directory_without_training_config(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json is missing"):
-    eval_suite.run_suite(eval_suite_config.get_config("demo"), tmp_path, None)
+    evaluate.evaluate_checkpoint(eval_suite_config.get_config("demo"), str(tmp_path))
 
 
 def test_predict_writes_overlays_for_a_user_vocabulary(demo_workdir, tmp_path, capsys):
@@ -173,24 +217,25 @@ def test_flags_are_not_defined_by_importing_the_modules():
 def test_every_classifier_on_the_demo_checkpoint_with_a_random_small_clip(demo_workdir, tmp_path):
   import jax
   import jax.numpy as jnp
-  from ovseg_jax import classify
+  from ovseg_jax.eval import classify
   from ovseg_jax.models.clip import CLIP, ClipArchitecture
   arch = ClipArchitecture(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
                           context_length=77, vocab_size=49408, text_width=32, text_layers=1, text_heads=2)
   module = CLIP(arch)
   params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 77), jnp.int32))["params"]
-  clip = eval_suite.ClipSetup(module, params, crop_size=16, seen_classes=("circle", "square"))
+  clip = ClipSetup(module, params, crop_size=16, seen_classes=("circle", "square"))
   config = eval_suite_config.get_config("demo")
   # Threshold 0: background never wins, so every pixel shows the classifier's choice.
   config.protocol.update(short_side=32, window=32, stride=32, batch_size=4, background_threshold=0.0)
   config.classifiers = tuple(classify.classifier_names())
-  config.num_overlays = 1
-  results = eval_suite.run_suite(config, demo_workdir, tmp_path / "out", clip=clip)
-  assert [r["classifier"] for r in results] == list(config.classifiers)
+  config.num_overlays, config.baselines = 1, False
+  results = evaluate.evaluate_checkpoint(config, str(demo_workdir), str(tmp_path / "out"), clip=clip)
+  names = ["S-Seg" if c == "learned" else f"S-Seg ({c})" for c in config.classifiers]
+  assert [r["predictor"] for r in results] == names
   assert all(0.0 <= r["miou"] <= 1.0 for r in results)
-  per_class = {r["classifier"]: tuple(r["per_class_iou"].values()) for r in results}
+  per_class = {r["predictor"]: tuple(r["per_class_iou"].values()) for r in results}
   assert len(set(per_class.values())) > 1  # The classifiers really decide differently.
   table = (tmp_path / "out" / "results.md").read_text()
-  assert all(f"| {name} |" in table for name in config.classifiers)
+  assert all(f"| {name} |" in table for name in names)
   with pytest.raises(ValueError, match="needs a CLIP"):
-    eval_suite.DatasetEvaluator(None, None, ("a",), None, _protocol(background="none"), 8, "clip_crop")
+    open_vocabulary_predictor(None, None, ("a",), None, _protocol(background="none"), 8, "clip_crop")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ovseg_jax import progress
+from ovseg_jax.train import progress
 
 IGNORE_INDEX = 255
 IGNORE_INDEX_16BIT = 65535

@@ -1,0 +1,63 @@
+"""Open-vocabulary prediction with a mask-classification model that has a text tower (S-Seg): class names are
+embedded by the model's own text tower, masks are classified by them (or by a CLIP classifier or ensemble,
+`ovseg_jax.eval.classify`), and the per-pixel scores are slid over images by a `WindowPredictor`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from ovseg_jax.eval import classify, mask_scores
+from ovseg_jax.eval.protocol import Protocol, text_classes
+from ovseg_jax.eval.windows import WindowPredictor
+from ovseg_jax.weights import load_clip
+
+
+@dataclass(frozen=True)
+class ClipSetup:
+  """A loaded CLIP and how it classifies masks (`ovseg_jax.eval.classify`)."""
+  module: Any
+  params: Any
+  crop_size: int
+  mask_threshold: float = 0.5
+  seen_classes: tuple[str, ...] = ()  # The training vocabulary's classes (none for S-Seg).
+  no_object_logit: float | None = None  # A fixed "no object" class for CLIP's softmax (None: off).
+
+
+def load_clip_setup(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
+  """An eval config's `clip` section -> a loaded CLIP, or None without a checkpoint."""
+  if not cfg.get("checkpoint"):
+    return None
+  module, params = load_clip(Path(cfg.checkpoint).expanduser(), activation=cfg.get("activation") or None)
+  no_object = cfg.get("no_object_logit", -1.0)
+  return ClipSetup(module, params, cfg.get("crop_size") or module.architecture.image_size,
+                   cfg.get("mask_threshold", 0.5), tuple(cfg.get("seen_classes", ())),
+                   None if no_object < 0 else no_object)
+
+
+def open_vocabulary_predictor(model: Any, params: Any, class_names: tuple[str, ...], background_id: int | None,
+                              protocol: Protocol, context_length: int, classifier: str = "learned",
+                              clip: ClipSetup | None = None) -> WindowPredictor:
+  """A window predictor over `class_names` for a model with `encode_image` (masks and mask embeddings),
+  `encode_text` and `logit_scale` methods."""
+  if classifier != "learned" and clip is None:
+    raise ValueError(f"classifier {classifier!r} needs a CLIP: set clip.checkpoint in the eval config "
+                     "(pseudo_labels.clip.checkpoint in a self-training config).")
+  class_ids = text_classes(class_names, background_id, protocol)
+  names = [class_names[i] for i in class_ids]
+  prompt_names, groups = mask_scores.expand_synonyms(names, protocol.synonyms)
+  text = mask_scores.class_text_embeddings(model, params, prompt_names, protocol.templates, context_length)
+  groups = jnp.asarray(groups)
+  reclassify = None
+  if classifier != "learned":
+    clip_text = mask_scores.class_text_embeddings(clip.module, clip.params, prompt_names, protocol.templates,
+                                                  clip.module.architecture.context_length)
+    seen = jnp.asarray([n in clip.seen_classes for n in names])
+    reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, groups, seen,
+                                            clip.crop_size, clip.mask_threshold, no_object_logit=clip.no_object_logit)
+  segmenter = mask_scores.make_segmenter(model, protocol.decode, reclassify)
+  return WindowPredictor(lambda p, t, g, windows: segmenter(p, windows, t, g), (params, text, groups), class_ids,
+                         background_id, protocol)

@@ -1,0 +1,47 @@
+"""The methods `config.trainer` can name, and what each offers the entry points."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import ml_collections
+
+from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
+from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """`train_and_evaluate(config, workdir)` runs a training config to its results; `evaluate_workdir(config,
+  workdir)` re-evaluates a finished one; `build(config, mesh, abstract)` gives its `train.step.Trainable` (the
+  memory planner and the benchmarks compile it). Open-vocabulary methods also restore a model and make engine
+  candidates for any class names (`ovseg_jax.evaluate --checkpoint`, `ovseg_jax.predict`)."""
+  train_and_evaluate: Callable
+  evaluate_workdir: Callable
+  build: Callable
+  restore_model: Callable | None = None
+  candidates: Callable | None = None
+
+
+METHODS = {
+    "sseg": Method(sseg.train_and_evaluate, sseg.evaluate_workdir, sseg_setup.build, sseg.restore_model,
+                   sseg.candidates),
+    "selftrain": Method(selftrain.train_and_evaluate, selftrain.evaluate_workdir, selftrain_setup.build),
+}
+
+
+def get(config: ml_collections.ConfigDict) -> Method:
+  """The method a config's `trainer` names."""
+  name = config.get("trainer")
+  if name not in METHODS:
+    raise ValueError(f"config.trainer={name!r}: use one of {sorted(METHODS)} (set `c.trainer` in the config file).")
+  return METHODS[name]
+
+
+def open_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> Method:
+  """The method of a training workdir, refused unless it can classify masks by any class names."""
+  method = get(config)
+  if method.candidates is None:
+    raise ValueError(f"{workdir} holds a {config.trainer!r} run, which predicts a fixed class set: evaluate it with "
+                     f"`python -m ovseg_jax.evaluate --config=<its training config> --workdir={workdir}`.")
+  return method

@@ -1,0 +1,74 @@
+"""S-Seg training (paper sec. 3) through the shared loop, and its evaluation through the shared engine.
+
+The final evaluation runs the eval-suite config in `config.eval` (the demo's held-out split for the demo config;
+datasets with their roots set for the paper configs) with the model's own text classifier.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from ovseg_jax.eval import engine
+from ovseg_jax.eval.open_vocabulary import ClipSetup, open_vocabulary_predictor
+from ovseg_jax.methods.sseg import data, setup
+from ovseg_jax.train import loop, progress, sharding, workdir as workdirs
+
+NAME = "S-Seg"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  """Trains (resuming from the latest checkpoint in `workdir`, a local path or a gs:// URI) and evaluates;
+  returns the results rows."""
+  workdir = workdirs.as_workdir(workdir)
+  workdirs.write_config(workdir, config)
+  mesh = sharding.make_mesh(config.mesh.axes)
+  if config.batch_size % jax.process_count() or config.batch_size % sharding.num_batch_shards(mesh):
+    raise ValueError(f"batch_size={config.batch_size} must divide over {jax.process_count()} hosts and "
+                     f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
+  trainable = setup.build(config, mesh)
+  loop.describe_parameters(trainable.state.params, workdir)
+  ckpt, state, data_position = loop.resume(config, workdir, trainable.state)
+  start_step = int(state.step)
+  if start_step < config.total_steps:
+    batches, skip_counts, read_positions = data.host_batches(config, data_position)
+    state = loop.run(config, workdir, mesh, lambda s, b, k: trainable.step(s, b, k, trainable.frozen), state,
+                     batches, ckpt, start_step, skip_counts, read_positions)
+  ckpt.close()
+  return evaluate(config, workdir, trainable.model, state.params, int(state.step))
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, Any, int]:
+  """(model, params, step) of the latest checkpoint in `workdir`, built from `config`."""
+  model, _, _, state, _ = setup.build_state(config, sharding.make_mesh(config.mesh.axes), abstract=True)
+  state, step = workdirs.restore_latest(workdir, state, config)
+  return model, state.params, step
+
+
+def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, classifiers: tuple[str, ...] = ("learned",),
+               clip: ClipSetup | None = None, name: str = NAME) -> list[engine.Candidate]:
+  """One engine candidate per classifier: the model's own text classifier ('learned') or CLIP-based ones."""
+  def make(classifier):
+    return lambda info, protocol: open_vocabulary_predictor(model, params, info.class_names, info.background_index,
+                                                            protocol, config.data.context_length, classifier, clip)
+  return [engine.Candidate(name if c == "learned" else f"{name} ({c})", make(c)) for c in classifiers]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any, step: int
+             ) -> list[dict[str, Any]]:
+  """The eval suite of `config.eval` on the model; skipped (with the command to run) when no dataset has a root."""
+  roots = engine.training_data_roots(config)
+  if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
+    progress.log("evaluation: set the dataset roots in config.eval.datasets, or run `python -m ovseg_jax.evaluate "
+                 "--config=configs/eval_suite.py --checkpoint=WORKDIR` with them.")
+    return []
+  return engine.evaluate_suite(config.eval, candidates(model, params, config), workdir,
+                               f"{NAME} at step {step}", roots, extra={"step": step})
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  """Evaluates the latest checkpoint in `workdir` (the `ovseg_jax.evaluate --workdir` command)."""
+  model, params, step = restore_model(config, workdir)
+  return evaluate(config, workdirs.as_workdir(workdir), model, params, step)

@@ -1,0 +1,28 @@
+"""PyTorch's bicubic interpolation as a matrix, so position embeddings resize exactly as the reference models'."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _torch_cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """PyTorch's bicubic kernel (a = -0.75) at the 4 taps around fractional offset t: [n] -> [n, 4]."""
+  near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+  far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def bicubic_resize_matrix(in_size: int, out_size: int, scale_factor: float | None = None) -> np.ndarray:
+  """[out_size, in_size] matrix of `torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`
+  along one axis, float64.
+
+  With `scale_factor` the sampling positions follow it (as PyTorch does when it is given) rather than
+  out_size / in_size; DINO relies on that. Out-of-range taps are clamped to the border, as in PyTorch.
+  """
+  scale = 1.0 / scale_factor if scale_factor else in_size / out_size
+  source = scale * (np.arange(out_size) + 0.5) - 0.5
+  first = np.minimum(np.floor(source), in_size - 1)
+  t = np.clip(source - first, 0.0, 1.0)
+  taps = np.clip(first[:, None] + np.arange(-1, 3), 0, in_size - 1).astype(int)
+  matrix = np.zeros((out_size, in_size))
+  np.add.at(matrix, (np.repeat(np.arange(out_size), 4), taps.ravel()), _torch_cubic_weights(t).ravel())
+  return matrix
