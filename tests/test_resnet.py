@@ -86,6 +86,20 @@ def test_mask2former_checkpoint_reads_its_backbone(tmp_path):
     _assert_same_params(read_resnet(path)[1], read_resnet(FIXTURES / "detectron2.pkl")[1])
 
 
+def test_wrapped_and_prefixed_state_dicts(tmp_path, torchvision_state):
+  """A timm training checkpoint (under 'state_dict', DistributedDataParallel's `module.`) and a Hugging Face
+  ResNetForImageClassification directory (`resnet.` prefix, classifier) read as the bare files do."""
+  wrapped = {"state_dict": {f"module.{k}": v for k, v in torchvision_state.items()}, "epoch": 3}
+  (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps(wrapped))
+  _assert_same_params(read_resnet(tmp_path / "checkpoint.pkl")[1], read_resnet(FIXTURES / "torchvision.pth")[1])
+  shutil.copytree(FIXTURES / "hf", tmp_path / "hf")
+  weights = tmp_path / "hf" / "model.safetensors"
+  state = {f"resnet.{k}": v for k, v in safetensors.numpy.load_file(str(weights)).items()}
+  state["classifier.1.weight"] = np.zeros((10, 128), np.float32)
+  safetensors.numpy.save_file(state, str(weights))
+  _assert_same_params(read_resnet(tmp_path / "hf")[1], read_resnet(FIXTURES / "hf")[1])
+
+
 def test_numpy_pickles_of_every_protocol(tmp_path):
   obj = {"c": np.arange(6, dtype=np.float32).reshape(2, 3), "f": np.asfortranarray(np.ones((2, 3))),
          "h": np.float16([1, 2]), "empty": np.zeros((0, 3)), "step": np.int64(7), "names": {"a", "b"}}
