@@ -214,7 +214,8 @@ def _to_params(state: Mapping[str, np.ndarray], m: SamImageEncoder) -> dict[str,
     params["pos_embed"] = convert.f32(state["pos_embed"])
   for i in range(m.depth):
     b = f"blocks.{i}"
-    attn = {"qkv": convert.dense(state, f"{b}.attn.qkv", bias=m.qkv_bias), "proj": convert.dense(state, f"{b}.attn.proj")}
+    attn = {"qkv": convert.dense(state, f"{b}.attn.qkv", bias=m.qkv_bias),
+            "proj": convert.dense(state, f"{b}.attn.proj")}
     if m.use_rel_pos:
       attn.update({name: convert.f32(state[f"{b}.attn.{name}"]) for name in ("rel_pos_h", "rel_pos_w")})
     params[f"block_{i}"] = {"norm1": norm(f"{b}.norm1"), "norm2": norm(f"{b}.norm2"), "attn": attn,
