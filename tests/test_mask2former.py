@@ -1,0 +1,163 @@
+"""Mask2Former: parity with Hugging Face's `Mask2FormerForUniversalSegmentation` on the tiny random checkpoint
+in tests/fixtures/mask2former (made by tools/make_mask2former_fixtures.py), bilinear sampling against
+`F.grid_sample`, the masked-attention rule, and clear errors for bad directories."""
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from ovseg_jax.models import deformable_attention, interpolate
+from ovseg_jax.models.mask2former_decoder import cross_attention_mask
+from ovseg_jax.weights.mask2former import load_mask2former
+
+FIXTURES = Path(__file__).parent / "fixtures" / "mask2former"
+
+
+def _relative_error(actual, expected):
+  return float(np.max(np.abs(np.asarray(actual) - expected)) / np.max(np.abs(expected)))
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return dict(np.load(FIXTURES / "reference.npz"))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+  return load_mask2former(FIXTURES / "hf")
+
+
+@pytest.fixture(scope="module")
+def outputs(loaded, reference):
+  module, params = loaded
+  return jax.jit(lambda p, x: module.apply({"params": p}, x))(params, reference["images"])
+
+
+def test_grid_sample_equals_torch(reference):
+  ours = deformable_attention.grid_sample_bilinear(jnp.asarray(reference["grid_image"]),
+                                                   jnp.asarray(reference["grid_points"]))
+  np.testing.assert_allclose(ours, reference["grid_output"], atol=1e-6)
+  outside = np.abs(reference["grid_points"]).min(-1) > 1 + 1 / 5  # Every corner off the 5x7 map.
+  assert outside.any() and np.all(np.asarray(ours)[outside] == 0)
+
+
+def test_multi_scale_deformable_attention_equals_reference(reference):
+  shapes = [tuple(int(v) for v in s) for s in reference["msda_shapes"]]
+  ours = deformable_attention.multi_scale_deformable_attention(
+      jnp.asarray(reference["msda_value"]), shapes, jnp.asarray(reference["msda_locations"]),
+      jnp.asarray(reference["msda_weights"]))
+  np.testing.assert_allclose(ours, reference["msda_output"], atol=1e-5)
+
+
+def test_bilinear_resize_matrix_by_hand():
+  np.testing.assert_allclose(interpolate.bilinear_resize_matrix(2, 4),
+                             [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+  np.testing.assert_allclose(interpolate.bilinear_resize_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+  x = jnp.arange(24.0).reshape(1, 2, 3, 4)
+  assert interpolate.resize_bilinear(x, (4, 6)).shape == (1, 4, 6, 4)
+  np.testing.assert_allclose(interpolate.resize_bilinear(x, (4, 6))[0, :, 0, 0], [0, 3, 9, 12])
+
+
+def test_outputs_equal_hugging_face(outputs, reference):
+  assert outputs["pred_logits"].shape == (2, 8, 6) and outputs["pred_masks"].shape == (2, 8, 16, 24)
+  assert _relative_error(outputs["pred_logits"], reference["class_queries_logits"]) < 1e-4
+  assert _relative_error(outputs["pred_masks"], reference["masks_queries_logits"]) < 1e-4
+  assert len(outputs["aux_outputs"]) == 3
+  for i, aux in enumerate(outputs["aux_outputs"]):
+    assert _relative_error(aux["pred_logits"], reference[f"aux_{i}_class_queries_logits"]) < 1e-4, i
+    assert _relative_error(aux["pred_masks"], reference[f"aux_{i}_masks_queries_logits"]) < 1e-4, i
+  assert _relative_error(outputs["mask_features"], reference["mask_features"]) < 1e-4
+
+
+def test_backbone_and_pixel_decoder_equal_hugging_face(loaded, reference):
+  module, params = loaded
+  features = module.backbone.apply({"params": params["backbone"]}, reference["images"])
+  for stride in (4, 8, 16, 32):
+    assert _relative_error(features[stride], reference[f"backbone_stride{stride}"]) < 1e-4, stride
+  mask_features, multi_scale = module.pixel_decoder.apply({"params": params["pixel_decoder"]}, features)
+  assert _relative_error(mask_features, reference["mask_features"]) < 1e-4
+  assert [m.shape[1:3] for m in multi_scale] == [(2, 3), (4, 6), (8, 12)]  # Coarsest first.
+  for i, level in enumerate(multi_scale):
+    assert _relative_error(level, reference[f"multi_scale_{i}"]) < 1e-4, i
+
+
+def test_cross_attention_mask_rule():
+  logits = jnp.asarray([[[[-1.0, -2.0], [-0.5, -3.0]],  # Empty mask: attends everywhere.
+                         [[2.0, -1.0], [0.0, -0.1]],  # sigmoid(0) = 0.5 is kept, only < 0.5 is masked.
+                         [[1.0, 1.0], [1.0, 1.0]]]])
+  np.testing.assert_array_equal(cross_attention_mask(logits, (2, 2))[0],
+                                [[True] * 4, [True, False, True, False], [True] * 4])
+  # Resized first (bilinear, 4x4 -> 2x2 averages 2x2 blocks): only the top-left block is positive.
+  big = jnp.full((1, 1, 4, 4), -1.0).at[0, 0, :2, :2].set(3.0)
+  np.testing.assert_array_equal(cross_attention_mask(big, (2, 2))[0, 0], [True, False, False, False])
+
+
+def test_headless_model_directory(tmp_path, reference):
+  """A `Mask2FormerModel` directory (no class head, no `model.` prefix) loads with num_classes=0."""
+  state = {k.removeprefix("model."): v for k, v in load_file(FIXTURES / "hf" / "model.safetensors").items()
+           if not k.startswith(("class_predictor.", "criterion."))}
+  save_file(state, str(tmp_path / "model.safetensors"))
+  shutil.copy(FIXTURES / "hf" / "config.json", tmp_path / "config.json")
+  module, params = load_mask2former(tmp_path)
+  assert module.decoder.num_classes == 0 and "class_embed" not in params["decoder"]
+  out = jax.jit(lambda p, x: module.apply({"params": p}, x))(params, reference["images"][:1])
+  assert "pred_logits" not in out and out["query_embeddings"].shape == (1, 8, 32)
+  assert _relative_error(out["pred_masks"], reference["masks_queries_logits"][:1]) < 1e-4
+
+
+def test_newer_transformers_key_names_and_bin_file(tmp_path, loaded):
+  """Keys as newer transformers name them in memory read the same; `pytorch_model.bin` is found too."""
+  renames = [("encoder.encoder.", "encoder.swin.encoder."), ("encoder.embeddings.", "encoder.swin.embeddings."),
+             ("attention.self.query", "attention.q_proj"), ("attention.output.dense", "attention.o_proj"),
+             ("attention.self.relative_position_bias_table", "attention.relative_position_bias."
+              "relative_position_bias_table"), ("intermediate.dense", "mlp.fc1")]
+  state = {}
+  for key, value in load_file(FIXTURES / "hf" / "model.safetensors").items():
+    if key.startswith("model.pixel_level_module.encoder."):
+      for old, new in renames:
+        key = key.replace(old, new)
+    state[key] = value
+  assert any("q_proj" in k for k in state) and any("swin.encoder" in k for k in state)
+  save_file(state, str(tmp_path / "pytorch_model.bin"))  # Read by content, whatever its name.
+  shutil.copy(FIXTURES / "hf" / "config.json", tmp_path / "config.json")
+  _, params = load_mask2former(tmp_path)
+  for a, b in zip(jax.tree.leaves(loaded[1]), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_gradients_are_finite(loaded, reference):
+  module, params = loaded
+  loss = lambda p: jnp.mean(module.apply({"params": p}, reference["images"][:1], train=True)["pred_masks"] ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads["pixel_decoder"]["encoder_layers_0"]["self_attn"]["sampling_offsets"]["kernel"]).max()) > 0
+
+
+def test_bad_directories_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere: no such directory"):
+    load_mask2former(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match=r"config.json and model.safetensors or pytorch_model.bin"):
+    load_mask2former(tmp_path)
+  config = json.loads((FIXTURES / "hf" / "config.json").read_text())
+  shutil.copy(FIXTURES / "hf" / "model.safetensors", tmp_path / "model.safetensors")
+  (tmp_path / "config.json").write_text(json.dumps({**config, "backbone_config": {
+      **config["backbone_config"], "model_type": "resnet"}}))
+  with pytest.raises(ValueError, match=r"config.json: not a supported .*backbone_config.model_type 'resnet'"):
+    load_mask2former(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps({**config, "num_queries": 9}))
+  with pytest.raises(ValueError, match=r"model.safetensors: expected a Mask2Former .*queries_embedder.weight"):
+    load_mask2former(tmp_path)
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  state = load_file(FIXTURES / "hf" / "model.safetensors")
+  del state["model.transformer_module.decoder.layers.1.fc2.bias"]
+  save_file(state, str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match=r"missing keys: model.transformer_module.decoder.layers.1.fc2.bias"):
+    load_mask2former(tmp_path)
+  (tmp_path / "model.safetensors").write_bytes((FIXTURES / "hf" / "model.safetensors").read_bytes()[:4000])
+  with pytest.raises(Exception, match="model.safetensors"):
+    load_mask2former(tmp_path)
