@@ -2,6 +2,8 @@
 in tests/fixtures/mask2former (made by tools/make_mask2former_fixtures.py), bilinear sampling against
 `F.grid_sample`, the masked-attention rule, and clear errors for bad directories."""
 import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -171,7 +173,7 @@ def test_sampling_gradients_reach_the_offsets():
 
 
 def test_bad_directories_are_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match="nowhere: no such directory"):
+  with pytest.raises(FileNotFoundError, match="nowhere: no such file or directory"):
     load_mask2former(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"config.json and model.safetensors or pytorch_model.bin"):
     load_mask2former(tmp_path)
@@ -193,3 +195,69 @@ def test_bad_directories_are_named(tmp_path):
   (tmp_path / "model.safetensors").write_bytes((FIXTURES / "hf" / "model.safetensors").read_bytes()[:4000])
   with pytest.raises(Exception, match="model.safetensors"):
     load_mask2former(tmp_path)
+
+
+def _detectron2_state(hf: dict) -> dict:
+  """The fixture's weights under the names of Mask2Former's own modules (detectron2 checkpoints)."""
+  rules = [
+      (r"model\.pixel_level_module\.encoder\.embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+      (r"model\.pixel_level_module\.encoder\.embeddings\.norm\.", "backbone.patch_embed.norm."),
+      (r"model\.pixel_level_module\.encoder\.encoder\.layers\.", "backbone.layers."),
+      (r"model\.pixel_level_module\.encoder\.hidden_states_norms\.stage(\d)\.",
+       lambda m: f"backbone.norm{int(m.group(1)) - 1}."),
+      (r"layernorm_before", "norm1"), (r"layernorm_after", "norm2"), (r"attention\.output\.dense", "attn.proj"),
+      (r"attention\.self\.relative_position_bias_table", "attn.relative_position_bias_table"),
+      (r"intermediate\.dense", "mlp.fc1"), (r"blocks\.(\d+)\.output\.dense", r"blocks.\1.mlp.fc2"),
+      (r"model\.pixel_level_module\.decoder\.", "sem_seg_head.pixel_decoder."),
+      (r"pixel_decoder\.input_projections\.", "pixel_decoder.input_proj."),
+      (r"pixel_decoder\.level_embed", "pixel_decoder.transformer.level_embed"),
+      (r"pixel_decoder\.encoder\.", "pixel_decoder.transformer.encoder."),
+      (r"encoder\.layers\.(\d+)\.self_attn_layer_norm", r"encoder.layers.\1.norm1"),
+      (r"encoder\.layers\.(\d+)\.final_layer_norm", r"encoder.layers.\1.norm2"),
+      (r"encoder\.layers\.(\d+)\.fc(\d)", r"encoder.layers.\1.linear\2"),
+      (r"(adapter|layer)_1\.0\.", r"\1_1."), (r"(adapter|layer)_1\.1\.", r"\1_1.norm."),
+      (r"mask_projection", "mask_features"),
+      (r"model\.transformer_module\.", "sem_seg_head.predictor."), (r"queries_features", "query_feat"),
+      (r"queries_embedder", "query_embed"), (r"decoder\.layernorm", "decoder_norm"),
+      (r"decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.", r"mask_embed.layers.\1."),
+      (r"decoder\.layers\.(\d+)\.cross_attn\.", r"transformer_cross_attention_layers.\1.multihead_attn."),
+      (r"decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"transformer_cross_attention_layers.\1.norm."),
+      (r"decoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer_self_attention_layers.\1.self_attn.out_proj."),
+      (r"decoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer_self_attention_layers.\1.norm."),
+      (r"decoder\.layers\.(\d+)\.fc(\d)\.", r"transformer_ffn_layers.\1.linear\2."),
+      (r"decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer_ffn_layers.\1.norm."),
+      (r"^class_predictor\.", "sem_seg_head.predictor.class_embed.")]
+  out, fused = {}, {}
+  for key, value in hf.items():
+    if m := re.match(r"(.*blocks\.\d+)\.attention\.self\.(query|key|value)\.(weight|bias)", key):
+      fused.setdefault((m.group(1) + ".attn.qkv", m.group(3)), {})[m.group(2)] = value
+      continue
+    if m := re.match(r".*decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+      name = f"sem_seg_head.predictor.transformer_self_attention_layers.{m.group(1)}.self_attn.in_proj"
+      fused.setdefault((name, m.group(3)), {})[m.group(2)] = value
+      continue
+    for pattern, replacement in rules:
+      key = re.sub(pattern, replacement, key)
+    out[key] = value
+  for (name, kind), parts in fused.items():
+    order = ("query", "key", "value") if "qkv" in name else "qkv"
+    hf_key = f"{name}.{kind}" if "qkv" in name else f"{name}_{kind}"
+    for pattern, replacement in rules[:4]:
+      hf_key = re.sub(pattern, replacement, hf_key)
+    out[hf_key] = np.concatenate([parts[p] for p in order])
+  return out
+
+
+def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
+  state = _detectron2_state(load_file(FIXTURES / "hf" / "model.safetensors"))
+  assert "backbone.layers.0.blocks.1.attn.qkv.weight" in state and "backbone.norm3.bias" in state
+  with open(tmp_path / "model_final.pkl", "wb") as f:
+    pickle.dump({"model": state, "__author__": "test"}, f)
+  module, params = load_mask2former(tmp_path / "model_final.pkl")
+  assert module == loaded[0]
+  for a, b in zip(jax.tree.leaves(loaded[1]), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with open(tmp_path / "evil.pkl", "wb") as f:
+    pickle.dump({"model": {"x": print}}, f)
+  with pytest.raises(ValueError, match="evil.pkl: not a readable detectron2 .pkl checkpoint"):
+    load_mask2former(tmp_path / "evil.pkl")

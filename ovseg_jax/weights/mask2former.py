@@ -20,7 +20,7 @@ from ovseg_jax.models.mask2former import Mask2Former
 from ovseg_jax.models.mask2former_decoder import MaskedAttentionDecoder
 from ovseg_jax.models.mask2former_pixel_decoder import MSDeformAttnPixelDecoder
 from ovseg_jax.models.swin import Swin
-from ovseg_jax.weights import convert, swin, torch_files
+from ovseg_jax.weights import convert, mask2former_detectron2, swin, torch_files
 
 _BACKBONE = "model.pixel_level_module.encoder."
 _PIXEL = "model.pixel_level_module.decoder."
@@ -37,12 +37,16 @@ _NEW_TO_HUB = [(re.compile(p), r) for p, r in [
 
 
 def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
-  """(module, params) for a Hugging Face Mask2Former directory; `module.apply({'params': params}, images)`
-  with NHWC float32 images normalised as the checkpoint expects (ImageNet mean/std for the released ones)."""
+  """(module, params) for a Hugging Face Mask2Former directory or a released detectron2 checkpoint file
+  (`.pkl`, `.pth`); `module.apply({'params': params}, images)` with NHWC float32 images normalised as the
+  checkpoint expects (ImageNet mean/std of RGB pixels for the released Swin models)."""
   path = Path(path)
+  if path.is_file():
+    config, state = mask2former_detectron2.read_detectron2(path)
+    return _build(config, str(path), state, path)
   if not path.is_dir():
-    raise FileNotFoundError(f"{path}: no such directory; expected a Hugging Face Mask2Former directory with "
-                            f"config.json and {' or '.join(_WEIGHT_FILES)}.")
+    raise FileNotFoundError(f"{path}: no such file or directory; expected a Hugging Face Mask2Former directory "
+                            f"with config.json and {' or '.join(_WEIGHT_FILES)}, or a detectron2 .pkl checkpoint.")
   config_file = path / "config.json"
   weights = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
   if not config_file.is_file() or weights is None:
@@ -52,12 +56,16 @@ def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
     config = json.loads(config_file.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
-  state = _hub_layout(torch_files.load_tensors(weights), weights)
+  return _build(config, str(config_file), _hub_layout(torch_files.load_tensors(weights), weights), weights)
+
+
+def _build(config: Mapping[str, Any], config_name: str, state: Mapping[str, np.ndarray],
+           path: Path) -> tuple[Mask2Former, dict[str, Any]]:
   num_classes = len(config.get("id2label") or {}) if "class_predictor.weight" in state else 0
-  module = _module(config, config_file, num_classes)
-  convert.check_keys(state, _expected(module), _IGNORED, weights,
-                     f"a Mask2Former state dict matching {config_file.name}")
-  return module, _params(state, module, weights)
+  module = _module(config, config_name, num_classes)
+  convert.check_keys(state, _expected(module), _IGNORED, path,
+                     f"a Mask2Former state dict matching {Path(config_name).name}")
+  return module, _params(state, module, path)
 
 
 def _hub_layout(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -77,7 +85,7 @@ def _hub_layout(obj: Any, path: Path) -> dict[str, np.ndarray]:
   return state
 
 
-def _module(config: Mapping[str, Any], config_file: Path, num_classes: int) -> Mask2Former:
+def _module(config: Mapping[str, Any], config_name: str, num_classes: int) -> Mask2Former:
   backbone = config.get("backbone_config") or {}
   expected = {"model_type": ("mask2former", config.get("model_type")),
               "backbone_config.model_type": ("swin", backbone.get("model_type")),
@@ -94,7 +102,7 @@ def _module(config: Mapping[str, Any], config_file: Path, num_classes: int) -> M
               "feature_strides": ([4, 8, 16, 32], list(config.get("feature_strides", [4, 8, 16, 32])))}
   problems = [f"{k} {found!r} (expected {want!r})" for k, (want, found) in expected.items() if want != found]
   if problems:
-    raise ValueError(f"{config_file}: not a supported Mask2Former config (Swin backbone, post-norm decoder): "
+    raise ValueError(f"{config_name}: not a supported Mask2Former config (Swin backbone, post-norm decoder): "
                      f"{'; '.join(problems)}.")
   dropout = float(config.get("dropout", 0.0))
   encoder = Swin(backbone["embed_dim"], tuple(backbone["depths"]), tuple(backbone["num_heads"]),
