@@ -1,0 +1,283 @@
+"""Hugging Face Mask2Former directories (`config.json` + `model.safetensors` or `pytorch_model.bin`) -> the
+`ovseg_jax.models.mask2former.Mask2Former` they describe and its params, read without torch.
+
+Both key layouts are read: the one checkpoints on the Hub use (`attention.self.query`, ...) and the one of
+newer transformers releases (`swin.` prefix, `attention.q_proj`, ...), which is renamed to the first. Swin
+backbone keys are renamed to the released Swin layout and read by `ovseg_jax.weights.swin`. A
+`Mask2FormerModel` directory (no class head) gives a model with `num_classes=0`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovseg_jax.models.mask2former import Mask2Former
+from ovseg_jax.models.mask2former_decoder import MaskedAttentionDecoder
+from ovseg_jax.models.mask2former_pixel_decoder import MSDeformAttnPixelDecoder
+from ovseg_jax.models.swin import Swin
+from ovseg_jax.weights import convert, mask2former_detectron2, swin, torch_files
+
+_BACKBONE = "model.pixel_level_module.encoder."
+_PIXEL = "model.pixel_level_module.decoder."
+_TRANSFORMER = "model.transformer_module."
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_IGNORED = re.compile(  # The loss's class weights, SwinModel's unused final norm, derived buffers.
+    r"criterion\.|model\.pixel_level_module\.encoder\.(swin\.)?layernorm\.|.*relative_position_index$")
+# Newer transformers names of the Swin backbone -> the names of the checkpoints on the Hub.
+_NEW_TO_HUB = [(re.compile(p), r) for p, r in [
+    (r"^swin\.", ""), (r"attention\.q_proj", "attention.self.query"), (r"attention\.k_proj", "attention.self.key"),
+    (r"attention\.v_proj", "attention.self.value"), (r"attention\.o_proj", "attention.output.dense"),
+    (r"attention\.relative_position_bias\.relative_position_bias_table", "attention.self.relative_position_bias_table"),
+    (r"mlp\.fc1", "intermediate.dense"), (r"mlp\.fc2", "output.dense")]]
+
+
+def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
+  """(module, params) for a Hugging Face Mask2Former directory or a released detectron2 checkpoint file
+  (`.pkl`, `.pth`); `module.apply({'params': params}, images)` with NHWC float32 images normalised as the
+  checkpoint expects (ImageNet mean/std of RGB pixels for the released Swin models)."""
+  path = Path(path)
+  if path.is_file():
+    config, state = mask2former_detectron2.read_detectron2(path)
+    return _build(config, str(path), state, path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such file or directory; expected a Hugging Face Mask2Former directory "
+                            f"with config.json and {' or '.join(_WEIGHT_FILES)}, or a detectron2 .pkl checkpoint.")
+  config_file = path / "config.json"
+  weights = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
+  if not config_file.is_file() or weights is None:
+    raise FileNotFoundError(f"{path}: expected a Hugging Face Mask2Former directory with config.json and "
+                            f"{' or '.join(_WEIGHT_FILES)}; found {sorted(p.name for p in path.iterdir())}.")
+  try:
+    config = json.loads(config_file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
+  return _build(config, str(config_file), _hub_layout(torch_files.load_tensors(weights), weights), weights)
+
+
+def _build(config: Mapping[str, Any], config_name: str, state: Mapping[str, np.ndarray],
+           path: Path) -> tuple[Mask2Former, dict[str, Any]]:
+  num_classes = len(config.get("id2label") or {}) if "class_predictor.weight" in state else 0
+  module = _module(config, config_name, num_classes)
+  convert.check_keys(state, _expected(module), _IGNORED, path,
+                     f"a Mask2Former state dict matching {Path(config_name).name}")
+  return module, _params(state, module, path)
+
+
+def _hub_layout(obj: Any, path: Path) -> dict[str, np.ndarray]:
+  if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+    raise ValueError(f"{path}: expected a state dict of tensors, found "
+                     f"{list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__}.")
+  if not any(k.startswith("model.") for k in obj):  # Saved from Mask2FormerModel: no head, no prefix.
+    obj = {f"model.{k}": v for k, v in obj.items()}
+  state = {}
+  for key, value in obj.items():
+    if key.startswith(_BACKBONE):
+      rest = key.removeprefix(_BACKBONE)
+      for pattern, replacement in _NEW_TO_HUB:
+        rest = pattern.sub(replacement, rest)
+      key = _BACKBONE + rest
+    state[key] = value
+  return state
+
+
+def _module(config: Mapping[str, Any], config_name: str, num_classes: int) -> Mask2Former:
+  backbone = config.get("backbone_config") or {}
+  expected = {"model_type": ("mask2former", config.get("model_type")),
+              "backbone_config.model_type": ("swin", backbone.get("model_type")),
+              "backbone_config.patch_size": (4, backbone.get("patch_size", 4)),
+              "backbone_config.mlp_ratio": (4.0, backbone.get("mlp_ratio", 4.0)),
+              "backbone_config.hidden_act": ("gelu", backbone.get("hidden_act", "gelu")),
+              "backbone_config.layer_norm_eps": (1e-5, backbone.get("layer_norm_eps", 1e-5)),
+              "backbone_config.use_absolute_embeddings": (False, backbone.get("use_absolute_embeddings", False)),
+              "backbone_config.qkv_bias": (True, backbone.get("qkv_bias", True)),
+              "backbone_config.out_features": (["stage1", "stage2", "stage3", "stage4"],
+                                               backbone.get("out_features")),
+              "pre_norm": (False, config.get("pre_norm", False)),
+              "activation_function": ("relu", config.get("activation_function", "relu")),
+              "feature_strides": ([4, 8, 16, 32], list(config.get("feature_strides", [4, 8, 16, 32])))}
+  problems = [f"{k} {found!r} (expected {want!r})" for k, (want, found) in expected.items() if want != found]
+  if problems:
+    raise ValueError(f"{config_name}: not a supported Mask2Former config (Swin backbone, post-norm decoder): "
+                     f"{'; '.join(problems)}.")
+  dropout = float(config.get("dropout", 0.0))
+  encoder = Swin(backbone["embed_dim"], tuple(backbone["depths"]), tuple(backbone["num_heads"]),
+                 window=backbone["window_size"], drop_path_rate=float(backbone.get("drop_path_rate", 0.0)))
+  pixel_decoder = MSDeformAttnPixelDecoder(
+      conv_dim=config.get("feature_size", 256), mask_dim=config.get("mask_feature_size", 256),
+      num_layers=config.get("encoder_layers", 6), num_heads=config.get("num_attention_heads", 8),
+      ffn_dim=config.get("encoder_feedforward_dim", 1024), common_stride=config.get("common_stride", 4),
+      dropout_rate=dropout)
+  decoder = MaskedAttentionDecoder(
+      num_classes=num_classes, num_queries=config.get("num_queries", 100), hidden_dim=config.get("hidden_dim", 256),
+      num_heads=config.get("num_attention_heads", 8), ffn_dim=config.get("dim_feedforward", 2048),
+      num_layers=config.get("decoder_layers", 10) - 1, mask_dim=config.get("mask_feature_size", 256),
+      enforce_input_projection=config.get("enforce_input_projection", False), dropout_rate=dropout)
+  return Mask2Former(encoder, pixel_decoder, decoder)
+
+
+def _fpn_strides(module: Mask2Former) -> list[int]:
+  """Strides below the deformable encoder's levels down to the common stride (the FPN step), finest first."""
+  p = module.pixel_decoder
+  return [s for s in (4, 8, 16, 32)[:-p.num_levels] if s >= p.common_stride]
+
+
+def _expected(module: Mask2Former) -> dict[str, tuple[int, ...]]:
+  """Shape of every key of the Hugging Face checkpoint of `module`."""
+  b, p, d = module.backbone, module.pixel_decoder, module.decoder
+  channels = [b.embed_dim * 2 ** s for s in range(len(b.depths))]
+  shapes: dict[str, tuple[int, ...]] = {}
+  linear = lambda key, out, inp, bias=True: shapes.update(
+      {f"{key}.weight": (out, inp), **({f"{key}.bias": (out,)} if bias else {})})
+  norm = lambda key, n: shapes.update({f"{key}.weight": (n,), f"{key}.bias": (n,)})
+  e = _BACKBONE
+  shapes[f"{e}embeddings.patch_embeddings.projection.weight"] = (b.embed_dim, 3, 4, 4)
+  shapes[f"{e}embeddings.patch_embeddings.projection.bias"] = (b.embed_dim,)
+  norm(f"{e}embeddings.norm", b.embed_dim)
+  for s, (depth, heads, c) in enumerate(zip(b.depths, b.num_heads, channels)):
+    for i in range(depth):
+      k = f"{e}encoder.layers.{s}.blocks.{i}"
+      norm(f"{k}.layernorm_before", c)
+      norm(f"{k}.layernorm_after", c)
+      for name in ("self.query", "self.key", "self.value", "output.dense"):
+        linear(f"{k}.attention.{name}", c, c)
+      shapes[f"{k}.attention.self.relative_position_bias_table"] = ((2 * b.window - 1) ** 2, heads)
+      linear(f"{k}.intermediate.dense", 4 * c, c)
+      linear(f"{k}.output.dense", c, 4 * c)
+    if s < len(b.depths) - 1:
+      norm(f"{e}encoder.layers.{s}.downsample.norm", 4 * c)
+      linear(f"{e}encoder.layers.{s}.downsample.reduction", 2 * c, 4 * c, bias=False)
+    norm(f"{e}hidden_states_norms.stage{s + 1}", c)
+  c = p.conv_dim
+  for i, stride_channels in enumerate(channels[::-1][:p.num_levels]):
+    shapes[f"{_PIXEL}input_projections.{i}.0.weight"] = (c, stride_channels, 1, 1)
+    shapes[f"{_PIXEL}input_projections.{i}.0.bias"] = (c,)
+    norm(f"{_PIXEL}input_projections.{i}.1", c)
+  shapes[f"{_PIXEL}level_embed"] = (p.num_levels, c)
+  points = p.num_heads * p.num_levels * p.num_points
+  for i in range(p.num_layers):
+    k = f"{_PIXEL}encoder.layers.{i}"
+    linear(f"{k}.self_attn.sampling_offsets", 2 * points, c)
+    linear(f"{k}.self_attn.attention_weights", points, c)
+    linear(f"{k}.self_attn.value_proj", c, c)
+    linear(f"{k}.self_attn.output_proj", c, c)
+    norm(f"{k}.self_attn_layer_norm", c)
+    linear(f"{k}.fc1", p.ffn_dim, c)
+    linear(f"{k}.fc2", c, p.ffn_dim)
+    norm(f"{k}.final_layer_norm", c)
+  for n, stride in enumerate(_fpn_strides(module), start=1):
+    shapes[f"{_PIXEL}adapter_{n}.0.weight"] = (c, channels[(4, 8, 16, 32).index(stride)], 1, 1)
+    norm(f"{_PIXEL}adapter_{n}.1", c)
+    shapes[f"{_PIXEL}layer_{n}.0.weight"] = (c, c, 3, 3)
+    norm(f"{_PIXEL}layer_{n}.1", c)
+  shapes[f"{_PIXEL}mask_projection.weight"] = (p.mask_dim, c, 1, 1)
+  shapes[f"{_PIXEL}mask_projection.bias"] = (p.mask_dim,)
+  h, t = d.hidden_dim, _TRANSFORMER
+  for name in ("queries_embedder", "queries_features"):
+    shapes[f"{t}{name}.weight"] = (d.num_queries, h)
+  shapes[f"{t}level_embed.weight"] = (p.num_levels, h)
+  if c != h or d.enforce_input_projection:
+    for i in range(p.num_levels):
+      shapes[f"{t}input_projections.{i}.weight"] = (h, c, 1, 1)
+      shapes[f"{t}input_projections.{i}.bias"] = (h,)
+  norm(f"{t}decoder.layernorm", h)
+  for i in range(d.num_layers):
+    k = f"{t}decoder.layers.{i}"
+    shapes[f"{k}.cross_attn.in_proj_weight"] = (3 * h, h)
+    shapes[f"{k}.cross_attn.in_proj_bias"] = (3 * h,)
+    linear(f"{k}.cross_attn.out_proj", h, h)
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+      linear(f"{k}.self_attn.{name}", h, h)
+    for name in ("cross_attn_layer_norm", "self_attn_layer_norm", "final_layer_norm"):
+      norm(f"{k}.{name}", h)
+    linear(f"{k}.fc1", d.ffn_dim, h)
+    linear(f"{k}.fc2", h, d.ffn_dim)
+  for j in range(3):
+    linear(f"{t}decoder.mask_predictor.mask_embedder.{j}.0", d.mask_dim if j == 2 else h, h)
+  if d.num_classes:
+    linear("class_predictor", d.num_classes + 1, h)
+  return shapes
+
+
+def _swin_released_layout(state: Mapping[str, np.ndarray], depths: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """The backbone's Hub keys renamed to the released Swin layout that `weights.swin` reads."""
+  get = lambda key: state[_BACKBONE + key]
+  out = {"patch_embed.proj.weight": get("embeddings.patch_embeddings.projection.weight"),
+         "patch_embed.proj.bias": get("embeddings.patch_embeddings.projection.bias"),
+         "patch_embed.norm.weight": get("embeddings.norm.weight"), "patch_embed.norm.bias": get("embeddings.norm.bias")}
+  for s, depth in enumerate(depths):
+    for i in range(depth):
+      hf, ours = f"encoder.layers.{s}.blocks.{i}", f"layers.{s}.blocks.{i}"
+      renames = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
+                 "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+      for name, new in renames.items():
+        for param in ("weight", "bias"):
+          out[f"{ours}.{new}.{param}"] = get(f"{hf}.{name}.{param}")
+      for param in ("weight", "bias"):
+        out[f"{ours}.attn.qkv.{param}"] = np.concatenate(
+            [get(f"{hf}.attention.self.{n}.{param}") for n in ("query", "key", "value")])
+      out[f"{ours}.attn.relative_position_bias_table"] = get(f"{hf}.attention.self.relative_position_bias_table")
+    if s < len(depths) - 1:
+      for param in ("norm.weight", "norm.bias", "reduction.weight"):
+        out[f"layers.{s}.downsample.{param}"] = get(f"encoder.layers.{s}.downsample.{param}")
+    for param in ("weight", "bias"):
+      out[f"norm{s}.{param}"] = get(f"hidden_states_norms.stage{s + 1}.{param}")
+  return out
+
+
+def _conv_norm(state: Mapping[str, np.ndarray], key: str, bias: bool) -> dict[str, Any]:
+  """torch Sequential(Conv2d, GroupNorm) -> `ConvNorm` params."""
+  conv = {"kernel": convert.f32(state[f"{key}.0.weight"].transpose(2, 3, 1, 0))}
+  if bias:
+    conv["bias"] = convert.f32(state[f"{key}.0.bias"])
+  return {"conv": conv, "norm": convert.layer_norm(state, f"{key}.1")}
+
+
+def _params(state: Mapping[str, np.ndarray], module: Mask2Former, path: Path) -> dict[str, Any]:
+  b, p, d = module.backbone, module.pixel_decoder, module.decoder
+  backbone = swin._read(path, _swin_released_layout(state, b.depths), b.embed_dim, b.depths, b.num_heads,
+                        b.window, f"(embed {b.embed_dim}, depths {b.depths})")
+  pixel: dict[str, Any] = {"level_embed": convert.f32(state[f"{_PIXEL}level_embed"]),
+                           "mask_features": convert.conv(state, f"{_PIXEL}mask_projection")}
+  for i in range(p.num_levels):
+    pixel[f"input_proj_{i}"] = _conv_norm(state, f"{_PIXEL}input_projections.{i}", bias=True)
+  for i in range(p.num_layers):
+    k = f"{_PIXEL}encoder.layers.{i}"
+    pixel[f"encoder_layers_{i}"] = {
+        "self_attn": {n: convert.dense(state, f"{k}.self_attn.{n}")
+                      for n in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")},
+        **{n: convert.layer_norm(state, f"{k}.{n}") for n in ("self_attn_layer_norm", "final_layer_norm")},
+        "fc1": convert.dense(state, f"{k}.fc1"), "fc2": convert.dense(state, f"{k}.fc2")}
+  for n, stride in enumerate(_fpn_strides(module), start=1):
+    pixel[f"lateral_{stride}"] = _conv_norm(state, f"{_PIXEL}adapter_{n}", bias=False)
+    pixel[f"output_{stride}"] = _conv_norm(state, f"{_PIXEL}layer_{n}", bias=False)
+  t, h = _TRANSFORMER, d.hidden_dim
+  decoder: dict[str, Any] = {
+      "query_embed": convert.f32(state[f"{t}queries_embedder.weight"]),
+      "query_feat": convert.f32(state[f"{t}queries_features.weight"]),
+      "level_embed": convert.f32(state[f"{t}level_embed.weight"]),
+      "decoder_norm": convert.layer_norm(state, f"{t}decoder.layernorm"),
+      "mask_embed": {f"dense_{j}": convert.dense(state, f"{t}decoder.mask_predictor.mask_embedder.{j}.0")
+                     for j in range(3)}}
+  for i in range(p.num_levels):
+    if f"{t}input_projections.{i}.weight" in state:
+      decoder[f"input_proj_{i}"] = convert.conv(state, f"{t}input_projections.{i}")
+  for i in range(d.num_layers):
+    k = f"{t}decoder.layers.{i}"
+    w, bias = state[f"{k}.cross_attn.in_proj_weight"], state[f"{k}.cross_attn.in_proj_bias"]
+    cross = {f"{n}_proj": {"kernel": convert.f32(w[j * h:(j + 1) * h].T),
+                           "bias": convert.f32(bias[j * h:(j + 1) * h])} for j, n in enumerate("qkv")}
+    decoder[f"layers_{i}"] = {
+        "cross_attn": {**cross, "out_proj": convert.dense(state, f"{k}.cross_attn.out_proj")},
+        "self_attn": {n: convert.dense(state, f"{k}.self_attn.{n}")
+                      for n in ("q_proj", "k_proj", "v_proj", "out_proj")},
+        **{n: convert.layer_norm(state, f"{k}.{n}")
+           for n in ("cross_attn_layer_norm", "self_attn_layer_norm", "final_layer_norm")},
+        "ffn": {"dense_0": convert.dense(state, f"{k}.fc1"), "dense_1": convert.dense(state, f"{k}.fc2")}}
+  if d.num_classes:
+    decoder["class_embed"] = convert.dense(state, "class_predictor")
+  return {"backbone": backbone, "pixel_decoder": pixel, "decoder": decoder}
