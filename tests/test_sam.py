@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ovseg_jax.models.sam import (linear_resize_matrix, relative_positions, resize_position_embedding,
+from ovseg_jax.models.resize import linear_resize_matrix
+from ovseg_jax.models.sam import (relative_positions, resize_position_embedding,
                                   sam_image_encoder, window_partition, window_unpartition)
 from ovseg_jax.weights import torch_files
 from ovseg_jax.weights.sam import load_sam_image_encoder

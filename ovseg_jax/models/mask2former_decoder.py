@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ovseg_jax.models.interpolate import resize_bilinear
+from ovseg_jax.models.resize import resize_bilinear
 from ovseg_jax.models.layers import DType, Mlp, sine_position_encoding
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovseg_jax.models.deformable_attention import MSDeformAttn
-from ovseg_jax.models.interpolate import resize_bilinear
+from ovseg_jax.models.resize import resize_bilinear
 from ovseg_jax.models.layers import DType, sine_position_encoding
 
 

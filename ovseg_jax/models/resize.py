@@ -1,6 +1,10 @@
-"""PyTorch's bicubic interpolation as a matrix, so position embeddings resize exactly as the reference models'."""
+"""PyTorch's `F.interpolate` (bicubic, and (bi)linear with align_corners=False, no antialiasing when shrinking)
+as separable [out, in] matrices, so models ported from PyTorch resize position embeddings, relative-position
+tables and masks exactly as the reference does."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -26,3 +30,29 @@ def bicubic_resize_matrix(in_size: int, out_size: int, scale_factor: float | Non
   matrix = np.zeros((out_size, in_size))
   np.add.at(matrix, (np.repeat(np.arange(out_size), 4), taps.ravel()), _torch_cubic_weights(t).ravel())
   return matrix
+
+
+def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] float64 matrix of `F.interpolate(mode='linear' or 'bilinear', align_corners=False)`
+  along one axis: source position (i + 0.5) * in / out - 0.5, clamped at 0, blended between its two neighbours
+  (the last pixel repeated at the far border)."""
+  source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+  low = np.minimum(np.floor(source).astype(int), in_size - 1)
+  high = np.minimum(low + 1, in_size - 1)
+  frac = source - low
+  matrix = np.zeros((out_size, in_size))
+  np.add.at(matrix, (np.arange(out_size), low), 1 - frac)
+  np.add.at(matrix, (np.arange(out_size), high), frac)
+  return matrix
+
+
+def resize_bilinear(x: jax.Array, out_hw: tuple[int, int], axes: tuple[int, int] = (1, 2)) -> jax.Array:
+  """Resizes the two spatial `axes` of `x` (default: NHWC) to `out_hw` as PyTorch's bilinear mode does."""
+  (h, w), (oh, ow) = (x.shape[axes[0]], x.shape[axes[1]]), out_hw
+  if (h, w) == (oh, ow):
+    return x
+  x = jnp.moveaxis(x, axes, (-2, -1))
+  rows = jnp.asarray(linear_resize_matrix(h, oh), x.dtype)
+  cols = jnp.asarray(linear_resize_matrix(w, ow), x.dtype)
+  x = jnp.einsum("oh,...hw,pw->...op", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+  return jnp.moveaxis(x, (-2, -1), axes)

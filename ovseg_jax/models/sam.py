@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ovseg_jax.models.layers import DType, Mlp
-from ovseg_jax.models.vit import bicubic_resize_matrix
+from ovseg_jax.models.resize import bicubic_resize_matrix, linear_resize_matrix
 
 # segment_anything's build_sam: all three use 1024 images, patch 16, window 14 and a 256-channel neck.
 SAM_VARIANTS = {
@@ -30,18 +30,6 @@ SAM_VARIANTS = {
     "vit_l": dict(width=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": dict(width=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
 }
-
-
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] matrix of `torch.nn.functional.interpolate(mode='linear', align_corners=False)`
-  to `out_size` along one axis, float64 (source positions below 0 are clamped to 0, as in PyTorch)."""
-  source = np.maximum(in_size / out_size * (np.arange(out_size) + 0.5) - 0.5, 0.0)
-  low = np.floor(source).astype(int)
-  high = np.minimum(low + 1, in_size - 1)
-  matrix = np.zeros((out_size, in_size))
-  np.add.at(matrix, (np.arange(out_size), low), 1.0 - (source - low))
-  np.add.at(matrix, (np.arange(out_size), high), source - low)
-  return matrix
 
 
 def resize_position_embedding(pos: jax.Array, height: int, width: int) -> jax.Array:

@@ -20,7 +20,10 @@ from ovseg_jax.models.mask2former import Mask2Former
 from ovseg_jax.models.mask2former_decoder import MaskedAttentionDecoder
 from ovseg_jax.models.mask2former_pixel_decoder import MSDeformAttnPixelDecoder
 from ovseg_jax.models.swin import Swin
-from ovseg_jax.weights import convert, mask2former_detectron2, swin, torch_files
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.mask2former_detectron2 as mask2former_detectron2
+import ovseg_jax.weights.swin as swin
+import ovseg_jax.weights.torch_files as torch_files
 
 _BACKBONE = "model.pixel_level_module.encoder."
 _PIXEL = "model.pixel_level_module.decoder."

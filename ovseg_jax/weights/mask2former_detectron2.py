@@ -7,7 +7,6 @@ detectron2 builds it; the decoder shares that head count).
 """
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_jax.weights import torch_files
+import ovseg_jax.weights.pickle_files as pickle_files
+import ovseg_jax.weights.torch_files as torch_files
 
 _PIXEL, _PREDICTOR = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
 # (detectron2 pattern, Hugging Face name) for everything but the backbone and the fused self-attention.
@@ -62,27 +62,11 @@ _SWIN_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.pr
                "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-  """Unpickles plain containers and numpy arrays only: a checkpoint cannot run code."""
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "ndarray"),
-              ("numpy", "dtype")}
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-    return super().find_class(module, name)
-
-
 def _load(path: Path) -> dict[str, np.ndarray]:
   if torch_files.is_safetensors(path) or not path.suffix == ".pkl":
     obj = torch_files.load_tensors(path)
   else:
-    try:
-      with open(path, "rb") as f:
-        obj = _ArrayUnpickler(f, encoding="latin1").load()
-    except Exception as e:
-      raise ValueError(f"{path}: not a readable detectron2 .pkl checkpoint ({e}).") from e
+    obj = pickle_files.load_numpy_pickle(path)
   if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
     obj = obj["model"]
   if not isinstance(obj, Mapping) or f"{_PREDICTOR}query_feat.weight" not in obj:

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from ovseg_jax.models.resnet import BOTTLENECK_WIDTHS, OUT_CHANNELS, STEM_WIDTH, VARIANTS, ResNet
-from ovseg_jax.weights import convert, pickle_files, torch_files
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.pickle_files as pickle_files
+import ovseg_jax.weights.torch_files as torch_files
 
 _NORM_ENTRIES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 # Classifiers and BatchNorm step counters, which the backbone does not use.

@@ -24,7 +24,8 @@ import numpy as np
 
 from ovseg_jax.models.layers import DType
 from ovseg_jax.models.sam import SAM_VARIANTS, SamImageEncoder
-from ovseg_jax.weights import convert, torch_files
+import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.torch_files as torch_files
 
 # Parts of a SAM checkpoint around the image encoder.
 _META_IGNORED = re.compile(r"prompt_encoder\.|mask_decoder\.|pixel_(mean|std)$")
