@@ -5,7 +5,8 @@ import numpy as np
 import scipy.special
 import pytest
 
-from ovseg_jax.eval import panoptic, panoptic_inference
+from ovseg_jax.eval import panoptic_inference
+from ovseg_jax.eval.metrics import panoptic
 
 CATEGORIES = {1: {"isthing": 1}, 3: {"isthing": 1}, 7: {"isthing": 0}, 8: {"isthing": 1}, 12: {"isthing": 0},
               20: {"isthing": 0}}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ovseg_jax.eval.metrics import harmonic_mean
+from ovseg_jax.eval.metrics.semantic import harmonic_mean
 
 PanopticMap = tuple[np.ndarray, Sequence[Mapping[str, Any]]]
 # Per-category sums, one row per category: [sum of matched IoUs, TP, FP, FN].
