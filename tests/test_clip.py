@@ -65,5 +65,5 @@ def test_wrong_checkpoints_name_the_file_and_what_was_expected(tmp_path):
     load_clip(FIXTURES / "open_clip.bin")
   (tmp_path / "hf").mkdir()
   (tmp_path / "hf" / "model.safetensors").write_bytes((FIXTURES / "hf" / "model.safetensors").read_bytes())
-  with pytest.raises(FileNotFoundError, match="needs config.json"):
+  with pytest.raises(FileNotFoundError, match="CLIPModel directory with config.json"):
     load_clip(tmp_path / "hf")

@@ -106,7 +106,7 @@ def test_unknown_and_legacy_formats(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.pth"):
     load_dino(tmp_path / "missing.pth")
   (tmp_path / "empty_dir").mkdir()
-  with pytest.raises(ValueError, match="config.json"):
+  with pytest.raises(FileNotFoundError, match="ViTModel directory with config.json"):
     load_dino(tmp_path / "empty_dir")
 
 

@@ -157,7 +157,7 @@ def test_files_that_are_not_resnets(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.pth"):
     read_resnet(tmp_path / "missing.pth")
   (tmp_path / "empty_dir").mkdir()
-  with pytest.raises(ValueError, match="config.json and model.safetensors"):
+  with pytest.raises(FileNotFoundError, match="config.json and model.safetensors"):
     read_resnet(tmp_path / "empty_dir")
 
 

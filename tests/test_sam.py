@@ -109,7 +109,7 @@ def test_non_sam_files(tmp_path):
   with pytest.raises(ValueError, match=r"model\.safetensors: holds Hugging Face SamModel weights; pass the directory"):
     load_sam_image_encoder(FIXTURES / "hf" / "model.safetensors")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match=r"empty: expected a Hugging Face SamModel directory with config\.json"):
+  with pytest.raises(FileNotFoundError, match=r"empty: expected a Hugging Face SamModel directory with config\.json"):
     load_sam_image_encoder(tmp_path / "empty")
   shutil.copytree(FIXTURES / "hf", tmp_path / "vit")
   (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))

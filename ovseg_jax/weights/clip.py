@@ -20,6 +20,7 @@ from ovseg_jax.models.clip import CLIP, ClipArchitecture
 from ovseg_jax.models.layers import DType
 import ovseg_jax.weights.convert as convert
 import ovseg_jax.weights.torch_files as torch_files
+from ovseg_jax.weights.hf_directory import read_hf_directory
 
 # Buffers and metadata that TorchScript archives and Hugging Face files carry besides the weights.
 _IGNORED = re.compile(r"(visual\.)?transformer\.resblocks\.\d+\.attn_mask$|input_resolution$|context_length$|"
@@ -161,12 +162,7 @@ def _hf_to_openai(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _read_hf_directory(path: Path) -> tuple[ClipArchitecture, dict[str, Any]]:
-  config_file = path / "config.json"
-  weight_files = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
-  if not config_file.is_file() or not weight_files:
-    raise FileNotFoundError(f"{path}: a Hugging Face CLIP directory needs config.json and model.safetensors or "
-                            f"pytorch_model.bin; found {sorted(p.name for p in path.iterdir())}.")
-  config = json.loads(config_file.read_text())
+  config, config_file, state, weights = read_hf_directory(path, "CLIPModel")
   if "vision_config" not in config or "text_config" not in config:
     raise ValueError(f"{config_file}: expected a CLIPModel config with vision_config and text_config, found keys "
                      f"{sorted(config)[:8]}.")
@@ -179,8 +175,8 @@ def _read_hf_directory(path: Path) -> tuple[ClipArchitecture, dict[str, Any]]:
       context_length=t.get("max_position_embeddings", 77), vocab_size=t.get("vocab_size", 49408),
       text_width=t["hidden_size"], text_layers=t["num_hidden_layers"], text_heads=t["num_attention_heads"],
       activation=v.get("hidden_act", "quick_gelu"), layer_norm_eps=v.get("layer_norm_eps", 1e-5))
-  state = _hf_to_openai(torch_files.load_tensors(weight_files[0]))
-  convert.check_keys(state, _openai_shapes(architecture), _IGNORED, weight_files[0],
+  state = _hf_to_openai(state)
+  convert.check_keys(state, _openai_shapes(architecture), _IGNORED, weights,
                      "Hugging Face CLIPModel weights matching its config.json")
   return architecture, _openai_to_params(state, architecture)
 

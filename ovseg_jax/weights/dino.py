@@ -6,7 +6,6 @@ map follows. Every key and shape is checked before conversion and all problems a
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from ovseg_jax.models.dino import DinoViT
 from ovseg_jax.models.layers import DType
 import ovseg_jax.weights.convert as convert
 import ovseg_jax.weights.torch_files as torch_files
+from ovseg_jax.weights.hf_directory import read_hf_directory
 
 # Keys that belong to heads around the backbone (DINO's projection head, HF's pooler and classifier);
 # DINO and Hugging Face also skip them when they load a backbone.
@@ -135,19 +135,8 @@ def _hf_to_dino(state: Mapping[str, np.ndarray], depth: int) -> dict[str, np.nda
 
 
 def _read_hf_directory(path: Path) -> tuple[DinoViT, dict[str, Any]]:
-  config_file = path / "config.json"
-  weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-  if not config_file.is_file() or weights is None:
-    raise ValueError(f"{path}: expected a Hugging Face ViT directory with config.json and model.safetensors "
-                     f"or pytorch_model.bin, found {sorted(p.name for p in path.iterdir())}.")
-  try:
-    config = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
+  config, config_file, state, weights = read_hf_directory(path, "ViTModel")
   architecture = _hf_architecture(config, config_file)
-  state = torch_files.load_tensors(weights)
-  if not isinstance(state, Mapping) or not all(isinstance(v, np.ndarray) for v in state.values()):
-    raise ValueError(f"{weights}: expected a state dict of tensors, found {type(state).__name__}.")
   state = {k.removeprefix("vit."): v for k, v in state.items()}
   convert.check_keys(state, _hf_shapes(architecture), _HF_IGNORED, weights,
               f"a Hugging Face ViTModel matching {config_file.name}")

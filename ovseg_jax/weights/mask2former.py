@@ -8,7 +8,6 @@ backbone keys are renamed to the released Swin layout and read by `ovseg_jax.wei
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,12 +22,11 @@ from ovseg_jax.models.swin import Swin
 import ovseg_jax.weights.convert as convert
 import ovseg_jax.weights.mask2former_detectron2 as mask2former_detectron2
 import ovseg_jax.weights.swin as swin
-import ovseg_jax.weights.torch_files as torch_files
+from ovseg_jax.weights.hf_directory import read_hf_directory
 
 _BACKBONE = "model.pixel_level_module.encoder."
 _PIXEL = "model.pixel_level_module.decoder."
 _TRANSFORMER = "model.transformer_module."
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _IGNORED = re.compile(  # The loss's class weights, SwinModel's unused final norm, derived buffers.
     r"criterion\.|model\.pixel_level_module\.encoder\.(swin\.)?layernorm\.|.*relative_position_index$")
 # Newer transformers names of the Swin backbone -> the names of the checkpoints on the Hub.
@@ -49,17 +47,9 @@ def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
     return _build(config, str(path), state, path)
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such file or directory; expected a Hugging Face Mask2Former directory "
-                            f"with config.json and {' or '.join(_WEIGHT_FILES)}, or a detectron2 .pkl checkpoint.")
-  config_file = path / "config.json"
-  weights = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
-  if not config_file.is_file() or weights is None:
-    raise FileNotFoundError(f"{path}: expected a Hugging Face Mask2Former directory with config.json and "
-                            f"{' or '.join(_WEIGHT_FILES)}; found {sorted(p.name for p in path.iterdir())}.")
-  try:
-    config = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
-  return _build(config, str(config_file), _hub_layout(torch_files.load_tensors(weights), weights), weights)
+                            f"with config.json and model.safetensors or pytorch_model.bin, or a detectron2 .pkl checkpoint.")
+  config, config_file, state, weights = read_hf_directory(path, "Mask2Former")
+  return _build(config, str(config_file), _hub_layout(state, weights), weights)
 
 
 def _build(config: Mapping[str, Any], config_name: str, state: Mapping[str, np.ndarray],

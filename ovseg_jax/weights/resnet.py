@@ -19,7 +19,6 @@ weights use `stride_in_1x1=True`, which must then be passed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from ovseg_jax.models.resnet import BOTTLENECK_WIDTHS, OUT_CHANNELS, STEM_WIDTH,
 import ovseg_jax.weights.convert as convert
 import ovseg_jax.weights.pickle_files as pickle_files
 import ovseg_jax.weights.torch_files as torch_files
+from ovseg_jax.weights.hf_directory import read_hf_directory
 
 _NORM_ENTRIES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 # Classifiers and BatchNorm step counters, which the backbone does not use.
@@ -207,22 +207,14 @@ def read_resnet(path: str | Path, variant: str | None = None, *,
 
 def _read_hf_directory(path: Path, variant: str | None,
                        stride_in_1x1: bool | None) -> tuple[ResNetArchitecture, dict[str, Any]]:
-  config_file = path / "config.json"
-  weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-  if not config_file.is_file() or weights is None:
-    raise ValueError(f"{path}: expected a Hugging Face ResNet directory with config.json and model.safetensors "
-                     f"or pytorch_model.bin, found {sorted(p.name for p in path.iterdir())}.")
-  try:
-    config = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
+  config, config_file, state, weights = read_hf_directory(path, "ResNet")
   architecture = _hf_architecture(config, config_file)
   if stride_in_1x1 is not None:
     architecture = dataclasses.replace(architecture, stride_in_1x1=stride_in_1x1)
   if variant and dataclasses.replace(architecture, stride_in_1x1=False) != _variant_architecture(variant, False):
     raise ValueError(f"{config_file}: describes depths {architecture.depths}, stem {architecture.stem_width}, "
                      f"outputs {architecture.out_channels}, not a standard {variant}.")
-  state = _unwrap(torch_files.load_tensors(weights), weights)
+  state = _unwrap(state, weights)
   return architecture, _check_and_convert(state, "Hugging Face", architecture, weights)
 
 

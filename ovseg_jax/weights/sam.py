@@ -13,7 +13,6 @@ all problems are reported at once.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,12 +25,11 @@ from ovseg_jax.models.layers import DType
 from ovseg_jax.models.sam import SAM_VARIANTS, SamImageEncoder
 import ovseg_jax.weights.convert as convert
 import ovseg_jax.weights.torch_files as torch_files
+from ovseg_jax.weights.hf_directory import read_hf_directory
 
 # Parts of a SAM checkpoint around the image encoder.
 _META_IGNORED = re.compile(r"prompt_encoder\.|mask_decoder\.|pixel_(mean|std)$")
 _HF_IGNORED = re.compile(r"prompt_encoder\.|mask_decoder\.|shared_image_embedding\.")
-_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                    "pytorch_model.bin.index.json")
 # SamVisionConfig's defaults (transformers), which config.json files may leave out.
 _HF_VISION_DEFAULTS = dict(hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
                            num_channels=3, image_size=1024, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,
@@ -143,36 +141,13 @@ def _hf_name(meta_key: str) -> str:
 
 
 def _read_hf_directory(path: Path) -> tuple[SamImageEncoder, dict[str, np.ndarray]]:
-  config_file = path / "config.json"
-  weights = next((path / n for n in _HF_WEIGHT_FILES if (path / n).is_file()), None)
-  if not config_file.is_file() or weights is None:
-    raise ValueError(f"{path}: expected a Hugging Face SamModel directory with config.json and one of "
-                     f"{list(_HF_WEIGHT_FILES)}, found {sorted(p.name for p in path.iterdir())}.")
-  try:
-    config = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file}: not valid JSON ({e}).") from e
+  config, config_file, state, weights = read_hf_directory(path, "SamModel")
   module = _hf_architecture(config, config_file)
-  state = _read_hf_weights(weights)
   names = {_hf_name(k): k for k in _meta_shapes(module)}
   expected = {hf: _meta_shapes(module)[meta] for hf, meta in names.items()}
   convert.check_keys(state, expected, _HF_IGNORED, weights,
                      f"Hugging Face SamModel weights matching {config_file.name} ({_describe(module)})")
   return module, {meta: state[hf] for hf, meta in names.items()}
-
-
-def _read_hf_weights(weights: Path) -> dict[str, np.ndarray]:
-  """A single weights file, or every shard an `*.index.json` names."""
-  if not weights.name.endswith(".index.json"):
-    return _state_dict(torch_files.load_tensors(weights), weights)
-  try:
-    shards = sorted(set(json.loads(weights.read_text())["weight_map"].values()))
-  except (json.JSONDecodeError, KeyError, AttributeError) as e:
-    raise ValueError(f"{weights}: not a Hugging Face shard index with a 'weight_map' ({e}).") from e
-  state = {}
-  for shard in shards:
-    state.update(_state_dict(torch_files.load_tensors(weights.parent / shard), weights.parent / shard))
-  return state
 
 
 def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> SamImageEncoder:
