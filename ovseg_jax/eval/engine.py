@@ -25,7 +25,7 @@ from data_pipelines import demo_data, eval_datasets
 from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
 from ovseg_jax.eval import metrics, results, visualize
 from ovseg_jax.eval.protocol import Protocol, labels_for_metrics
-from ovseg_jax.eval.windows import WindowPredictor, window_starts
+from ovseg_jax.eval.windows import WindowPredictor, resize_scores, window_starts
 from ovseg_jax.train import progress
 
 THRESHOLD_CANDIDATES = np.linspace(0.0, 1.0, 41)
@@ -69,6 +69,7 @@ def choose_threshold(predictor: WindowPredictor, dataset: EvalDataset,
   confusions = np.zeros((len(candidates), info.num_classes, info.num_classes), np.int64)
   for example, scores in _scored(predictor, dataset):
     label = labels_for_metrics(example.label, predictor.background_id, info.ignore_index, predictor.protocol)
+    scores = resize_scores(scores, label.shape)  # Once, not once per candidate threshold.
     for i, t in enumerate(candidates):
       confusions[i] += metrics.confusion_matrix(predictor.labels(scores, t, label.shape), label, info.num_classes,
                                                 info.ignore_index)
