@@ -1,11 +1,15 @@
-r"""Evaluation protocols of S-Seg (paper sec. 4): short side 448, sliding window 448 / stride 224, one prompt,
-background by GroupViT's thresholds (VOC 0.95, Pascal Context 0.35, COCO-Object 0.95).
+r"""Evaluation protocols of S-Seg (paper sec. 4 and appendix A.1): VOC (21 classes), Pascal Context with background
+(60) and COCO-Object (81); short side 448, sliding window 448 / stride 224, one prompt, background where the best
+class probability (a score in [0, 1], `ovseg_jax/eval/mask_scores.py`) is below GroupViT's thresholds (VOC 0.95,
+Pascal Context 0.35, COCO-Object 0.95).
 
   python -m ovseg_jax.evaluate --config=configs/eval_suite.py --checkpoint=WORKDIR \
       --config.datasets.0.root=/data/VOCdevkit/VOC2012 ...
 
 With `--config.clip.checkpoint=ViT-B-16.pt --config.classifiers="('learned','clip_crop','ensemble:ovseg_voc')"`
-masks are also classified by CLIP and the scores ensembled (`ovseg_jax/eval/classify.py`).
+masks are also classified by CLIP and the scores ensembled (`ovseg_jax/eval/classify.py`, `ensembles.py`). The
+seen/unseen ensembles take a dataset's published zero-shot split as "seen" (VOC 15/5, COCO-Stuff 156/15, ADE-847
+572/275) unless `clip.seen_classes` names others; the results say which classes counted as seen.
 
 Variants: `vild` averages the 14 ViLD templates; `without_background` ignores background pixels (the
 "without background" protocol of MaskCLIP-style papers); `demo` evaluates the embedded demo's held-out split.
@@ -36,7 +40,7 @@ def clip() -> ml_collections.ConfigDict:
       activation="",  # Only for open_clip state dicts without open_clip_config.json: 'quick_gelu' or 'gelu'.
       crop_size=0,  # 0: the CLIP's own input size.
       mask_threshold=0.5,
-      seen_classes=(),
+      seen_classes=(),  # Empty: the dataset's published zero-shot split, if any.
       no_object_logit=-1.0))  # >= 0: a fixed "no object" class with this logit in CLIP's softmax (e.g. 20).
 
 
@@ -47,13 +51,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      "or demo.")
   c = ml_collections.ConfigDict()
   c.protocol = protocol()
-  c.datasets = [dataset("voc", 0.95), dataset("context59", 0.35), dataset("coco_object", 0.95)]
+  c.datasets = [dataset("voc", 0.95), dataset("context60", 0.35), dataset("coco_object", 0.95)]
   c.num_overlays = 4
   c.baselines = False  # Also score chance predictors (uniform random, all background) on the same labels.
   c.seed = 0  # Of the uniform-random baseline.
   # 'learned' (the segmenter's own mask classes), 'clip_crop', 'clip_dense', or 'ensemble:NAME' with NAME one of
-  # ovseg_ade, ovseg_context, ovseg_voc, maft, ebseg (published weights, ovseg_jax/eval/ensembles.py). Each listed
-  # classifier gets its own row in the results table.
+  # ovseg_ade, ovseg_context, ovseg_voc, maft_ipclip, maft_frozen_clip, ebseg_vitb, ebseg_vitl (the released
+  # combinations and weights, each cited in ovseg_jax/eval/ensembles.py). Each listed classifier gets its own row.
   c.classifiers = ("learned",)
   c.clip = clip()
   if variant == "vild":

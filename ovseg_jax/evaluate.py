@@ -24,13 +24,14 @@ def evaluate_checkpoint(eval_config, checkpoint: str, output: str | None = None,
   workdir = workdirs.as_workdir(checkpoint)
   train_config = workdirs.read_config(workdir)
   method = registry.open_vocabulary(train_config, str(workdir))
+  roots = engine.training_data_roots(train_config)
+  engine.open_datasets(eval_config, roots)  # A missing dataset fails now, before the checkpoint is restored.
   clip = clip or load_clip_setup(eval_config.get("clip", {}))
   model, params, step = method.restore_model(train_config, workdir)
   candidates = method.candidates(model, params, train_config, tuple(eval_config.get("classifiers", ("learned",))),
                                  clip)
   return engine.evaluate_suite(eval_config, candidates, output or workdir / "eval",
-                               f"Evaluation of {workdir} at step {step}", engine.training_data_roots(train_config),
-                               extra={"step": step})
+                               f"Evaluation of {workdir} at step {step}", roots, extra={"step": step})
 
 
 def main(argv: list[str]) -> None:

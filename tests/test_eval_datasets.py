@@ -81,16 +81,19 @@ def test_pascal_context_59_and_60(tmp_path):
   assert c60.info.class_names[1:] == c59.info.class_names
 
 
-def test_coco_object_maps_stuff_to_background(tmp_path):
+def test_coco_object_makes_stuff_and_unlabelled_pixels_background_as_groupvit_converts(tmp_path):
   root = tmp_path / "coco"
-  _image(root / "val2017" / "000000000139.jpg")
-  label = RNG.integers(0, 171, (6, 8))
-  label[1, :3] = 255
-  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000139.png", label)
+  _image(root / "val2017" / "000000000139.jpg", hw=(2, 5))
+  # COCO-Stuff ids: person 0, toothbrush 79 (the last thing), banner 80 (the first stuff), wood 170, unlabelled 255.
+  stuff_map = np.array([[0, 79, 80, 170, 255],
+                        [255, 255, 56, 100, 0]])
+  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000139.png", stuff_map)
   dataset = eval_datasets.load("coco_object", root, "val")
-  assert dataset.info.num_classes == 81 and dataset.info.class_names[1] == "person"
-  expected = np.where(label == 255, 255, np.where(label < 80, label + 1, 0))
-  np.testing.assert_array_equal(next(iter(dataset)).label, expected)
+  info = dataset.info
+  assert info.num_classes == 81 and info.class_names[1] == "person" and info.class_names[80] == "toothbrush"
+  assert info.background_index == 0 and info.class_names[57] == "chair"
+  np.testing.assert_array_equal(next(iter(dataset)).label, [[1, 80, 0, 0, 0],
+                                                            [0, 0, 57, 0, 1]])  # Nothing is left ignored.
 
 
 def test_missing_files_name_the_path_and_the_layout(tmp_path, voc_root):
@@ -196,6 +199,10 @@ def test_ade847_reads_uint16_labels_and_comma_synonyms(tmp_path):
   info = dataset.info
   assert info.num_classes == 847 and len(set(info.class_names)) == 847 and info.ignore_index == 65535
   assert info.synonyms["building, edifice"] == ("building", "edifice") and "wall" not in info.synonyms
+  # ZegFormer's frequency split, as MAFT evaluates it: 572 seen, 275 unseen.
+  assert len(info.unseen_classes) == 275 and len(info.seen_classes) == 572
+  assert set(info.unseen_classes) <= set(info.class_names) and "wall" in info.seen_classes
+  assert {"catwalk", "adding machine, totalizer, totaliser"} <= set(info.unseen_classes)
 
 
 def test_prepare_pascal_context_from_the_release_mat_files(tmp_path):

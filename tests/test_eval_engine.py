@@ -148,6 +148,106 @@ def test_threshold_chooser_and_baselines_on_constructed_scores():
   assert 0.0 <= baselines["uniform random"]["miou"] <= 1.0 and baselines["uniform random"]["baseline"]
 
 
+def _bilinear_float64(scores, hw):
+  """torch's F.interpolate(bilinear, align_corners=False), pixel by pixel in float64."""
+  c, h, w = scores.shape
+  out = np.zeros((c, *hw))
+  for y in range(hw[0]):
+    sy = max((y + 0.5) * h / hw[0] - 0.5, 0.0)
+    y0 = min(int(sy), h - 1)
+    y1, fy = min(y0 + 1, h - 1), sy - y0
+    for x in range(hw[1]):
+      sx = max((x + 0.5) * w / hw[1] - 0.5, 0.0)
+      x0 = min(int(sx), w - 1)
+      x1, fx = min(x0 + 1, w - 1), sx - x0
+      out[:, y, x] = ((1 - fy) * ((1 - fx) * scores[:, y0, x0] + fx * scores[:, y0, x1])
+                      + fy * ((1 - fx) * scores[:, y1, x0] + fx * scores[:, y1, x1]))
+  return out
+
+
+@pytest.mark.parametrize("hw", [(13, 9), (3, 4), (5, 7)])
+def test_scores_are_resized_to_the_label_before_the_decision(hw):
+  rng = np.random.default_rng(sum(hw))
+  scores = rng.random((3, 5, 7))
+  predictor = _FixedPredictor([], 4)
+  predictor.class_ids = [1, 2, 3]
+  resized = _bilinear_float64(scores, hw)
+  np.testing.assert_allclose(windows.resize_scores(scores.astype(np.float32), hw), resized, rtol=1e-5, atol=1e-6)
+  expected = np.where(resized.max(0) < 0.6, 0, resized.argmax(0) + 1)
+  np.testing.assert_array_equal(predictor.labels(scores.astype(np.float32), 0.6, hw), expected)
+
+
+def _voc_root(root, ids):
+  """A VOC layout of 6 x 8 images whose labels are half background, half aeroplane."""
+  for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+    (root / folder).mkdir(parents=True)
+  label = np.zeros((6, 8), np.uint8)
+  label[:3] = 1
+  for i in ids:
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / f"JPEGImages/{i}.jpg")
+    Image.fromarray(label, mode="L").save(root / f"SegmentationClass/{i}.png")
+  (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+  return root
+
+
+def _two_voc_entries(first_root, second_root):
+  config = eval_suite_config.get_config()
+  config.datasets = [eval_suite_config.dataset("voc", 0.95, root=str(first_root)),
+                     eval_suite_config.dataset("voc", 0.95, root=str(second_root))]
+  config.num_overlays = 0
+  return config
+
+
+class _AllBackground(_FixedPredictor):
+  """Every pixel background: no class score reaches the threshold."""
+
+  def __init__(self, info, protocol):
+    super().__init__([], info.num_classes)
+    self.protocol, self.class_ids = protocol, list(range(1, info.num_classes))
+    self.details = {"classifier_note": "a fixed predictor"}
+
+  def scores(self, images):
+    return [np.zeros((len(self.class_ids), *x.shape[:2]), np.float32) for x in images]
+
+
+def test_suite_checks_every_dataset_before_any_model_work(tmp_path):
+  made = []
+  candidate = engine.Candidate("fixed", lambda info, protocol: made.append(info) or _AllBackground(info, protocol))
+  config = _two_voc_entries(_voc_root(tmp_path / "a", ["x1", "x2"]), tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="voc: ImageSets/Segmentation/val.txt is missing"):
+    engine.evaluate_suite(config, [candidate], tmp_path / "out", "t")
+  assert not made and not (tmp_path / "out").exists()
+
+
+def test_suite_writes_each_dataset_as_it_finishes(tmp_path):
+  def make(info, protocol):
+    if (tmp_path / "out" / "results.json").exists():
+      raise RuntimeError("the second dataset fails")
+    return _AllBackground(info, protocol)
+  config = _two_voc_entries(_voc_root(tmp_path / "a", ["x1", "x2"]), _voc_root(tmp_path / "b", ["y1"]))
+  with pytest.raises(RuntimeError, match="second dataset"):
+    engine.evaluate_suite(config, [engine.Candidate("fixed", make)], tmp_path / "out", "t")
+  saved = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert [(r["dataset"], r["num_images"]) for r in saved] == [("voc", 2)]
+  assert saved[0]["miou"] == pytest.approx(0.5 / 2)  # background IoU 1/2, aeroplane 0; the rest absent.
+  assert saved[0]["classifier_note"] == "a fixed predictor"
+  assert "- fixed on voc: a fixed predictor." in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_published_zero_shot_split_is_the_seen_set_of_the_ensembles():
+  config = eval_suite_config.get_config()
+  voc_info = DatasetInfo("voc", ("background", "cat", "cow"), background_class="background",
+                         unseen_classes=("cow",))
+  protocol = engine.dataset_protocol(config, config.datasets[0], voc_info)
+  assert protocol.seen_classes == ("cat",)
+  no_split = engine.dataset_protocol(config, config.datasets[1], DatasetInfo("c", ("a", "b")))
+  assert no_split.seen_classes == ()
+  assert [(d.name, d.protocol.background_threshold) for d in config.datasets] == [
+      ("voc", 0.95), ("context60", 0.35), ("coco_object", 0.95)]
+  without = eval_suite_config.get_config("without_background")
+  assert without.protocol.background == "exclude"
+
+
 def test_prompt_sets():
   assert len(prompts.templates("vild")) == 14 and prompts.templates("single") == ("a photo of a {}.",)
   with pytest.raises(ValueError, match="unknown prompt set 'vlid'"):

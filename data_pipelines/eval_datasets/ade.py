@@ -7,7 +7,9 @@ ade847: ROOT = ADE20K_2021_17_01 after MaskFormer's datasets/prepare_ade20k_full
 ROOT/images_detectron2/{training,validation}/ID.jpg, ROOT/annotations_detectron2/{training,validation}/ID.tif
 (uint16: 0..846 the classes, 65535 unlabelled). Class names (classes/ade20k_847.txt): the 847 ADE20K
 categories in the order of Mask2Former's register_ade20k_full.py (MIT licence); each comma-separated synonym
-is a prompt name of its class.
+is a prompt name of its class. Its zero-shot split (572 seen / 275 unseen, which MAFT's supplement takes from
+ZegFormer): the 275 categories ZegFormer's `mask_former/data/datasets/register_ade20k_full_zero_freq.py` marks
+as "rare" are unseen (classes/ade20k_847_unseen.txt), the "frequent" and "common" ones seen.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ CLASSES = (
 LAYOUT = ("ROOT/images/validation/ID.jpg, ROOT/annotations/validation/ID.png (ROOT = ADEChallengeData2016 of the "
           "SceneParsing release)")
 CLASSES_847 = read_class_names("ade20k_847.txt")
+UNSEEN_847 = read_class_names("ade20k_847_unseen.txt")
 LAYOUT_847 = ("ROOT/images_detectron2/validation/ID.jpg, ROOT/annotations_detectron2/validation/ID.tif (ROOT = "
               "ADE20K_2021_17_01 after MaskFormer's datasets/prepare_ade20k_full_sem_seg.py)")
 _SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -52,7 +55,7 @@ def ade150(root: str | Path, split: str = "val") -> FileDataset:
 
 def ade847(root: str | Path, split: str = "val") -> FileDataset:
   root = Path(root).expanduser()
-  info = DatasetInfo("ade847", CLASSES_847, 65535, None, (), LAYOUT_847, comma_synonyms(CLASSES_847))
+  info = DatasetInfo("ade847", CLASSES_847, 65535, None, UNSEEN_847, LAYOUT_847, comma_synonyms(CLASSES_847))
   folder = _SPLITS.get(split, split)
   return FileDataset(info, root, label_dir_items(info, root, f"images_detectron2/{folder}",
                                                  f"annotations_detectron2/{folder}", ".tif"))

@@ -4,8 +4,12 @@ Class names: the COCO 2017 and COCO-Stuff categories (annotations under CC BY 4.
 COCO-Stuff (156 seen / 15 unseen, SPNet / ZegFormer, as MAFT evaluates) is in `UNSEEN`.
 
 Layout (what MaskFormer's `datasets/prepare_coco_stuff_164k_sem_seg.py` writes): ROOT/val2017/ID.jpg and
-ROOT/stuffthingmaps_detectron2/val2017/ID.png with the 171 COCO-Stuff ids (0-79 things in COCO order, 80-170 stuff, 255 unlabelled). Things keep their class, stuff
-becomes background (GroupViT's COCO-Object protocol).
+ROOT/stuffthingmaps_detectron2/val2017/ID.png with the 171 COCO-Stuff ids (0-79 things in COCO order, 80-170
+stuff, 255 unlabelled).
+
+COCO-Object follows GroupViT's conversion (NVlabs/GroupViT, `convert_dataset/convert_coco_object.py`): each of
+the 80 thing classes becomes its id + 1, and every other pixel becomes background (0), stuff and unlabelled
+(255) alike; nothing is ignored. S-Seg evaluates COCO-Object as GroupViT does (paper appendix A.1).
 """
 from __future__ import annotations
 
@@ -70,5 +74,5 @@ def coco_object(root: str | Path, split: str = "val") -> FileDataset:
   info = DatasetInfo("coco_object", ("background", *THINGS), 255, "background", (), LAYOUT)
 
   def to_object(x: np.ndarray) -> np.ndarray:
-    return np.where(x == 255, 255, np.where(x < len(THINGS), x + 1, 0))
+    return np.where(x < len(THINGS), x + 1, 0)  # Stuff and unlabelled pixels alike are background.
   return FileDataset(info, root, _items(info, root, split), to_object)

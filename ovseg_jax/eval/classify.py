@@ -102,8 +102,10 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
   classifier named in `classifier_names()`, or None for 'learned' (the segmenter's own probabilities).
 
   CLIP scores cover the same names as the segmenter's (`clip_text` [names, D]), summed per class with
-  `name_groups` [names, C]. Ensembles: OVSeg and MAFT combine the segmenter with masked-crop CLIP; EBSeg's
-  three sources are the segmenter (A), masked crops (B) and mask-pooled dense features (D).
+  `name_groups` [names, C]; `seen` [C] marks the classes the MAFT and EBSeg ensembles treat as seen. Ensembles
+  (`ovseg_jax.eval.ensembles.PUBLISHED`): OVSeg and MAFT combine the segmenter with masked-crop CLIP; EBSeg's
+  three sources are the segmenter (A), masked crops (standing in for its CLIP head, B) and mask-pooled dense
+  features (D). The segmenter has no no-object class, so EBSeg's final factor (1 - A's no-object) is 1.
   """
   if name == "learned":
     return None
@@ -117,15 +119,33 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
   def dense(images, mask_logits):
     return dense_class_probs(clip, clip_params, images, mask_logits, clip_text, no_object_logit) @ name_groups
 
+  def valid(images, mask_logits):  # Masks with a pixel to crop; the others keep CLIP's factor at 1.
+    return jnp.any(binary_masks(mask_logits, images.shape[1:3], threshold), axis=(-2, -1))
+
   if name == "clip_crop":
     return lambda p_seg, images, mask_logits: crop(images, mask_logits)
   if name == "clip_dense":
     return lambda p_seg, images, mask_logits: dense(images, mask_logits)
   spec = ensembles.PUBLISHED[name.removeprefix("ensemble:")]
+  if spec.method == "clip_only":
+    return lambda p_seg, images, mask_logits: crop(images, mask_logits)
   if spec.method == "ovseg":
-    return lambda p_seg, images, mask_logits: ensembles.ovseg(p_seg, crop(images, mask_logits), spec.weight)
-  if spec.method == "maft":
-    return lambda p_seg, images, mask_logits: ensembles.maft(p_seg, crop(images, mask_logits), seen, spec.weight)
+    return lambda p_seg, images, mask_logits: ensembles.ovseg(p_seg, crop(images, mask_logits), spec.weight,
+                                                              valid(images, mask_logits))
+  if spec.method == "maft_frozen_clip":
+    return lambda p_seg, images, mask_logits: ensembles.maft_frozen_clip(
+        p_seg, crop(images, mask_logits), seen, spec.weight, valid(images, mask_logits))
   return lambda p_seg, images, mask_logits: ensembles.ebseg(p_seg, crop(images, mask_logits),
-                                                            dense(images, mask_logits), seen, spec.alpha,
-                                                            spec.beta, spec.gamma)
+                                                            dense(images, mask_logits), seen, spec.a, spec.b, spec.g)
+
+
+def uses_seen_classes(name: str) -> bool:
+  """Whether a classifier treats seen and unseen classes differently (MAFT eq. 1, EBSeg)."""
+  spec = ensembles.PUBLISHED.get(name.removeprefix("ensemble:")) if name.startswith("ensemble:") else None
+  return spec is not None and spec.method in ("maft_frozen_clip", "ebseg")
+
+
+def classifier_note(name: str) -> str:
+  """What a classifier's results row stands for (the ensembles' sources and stand-ins); '' for the others."""
+  spec = ensembles.PUBLISHED.get(name.removeprefix("ensemble:")) if name.startswith("ensemble:") else None
+  return spec.note if spec else ""

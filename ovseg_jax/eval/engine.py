@@ -5,7 +5,8 @@ held-out split is a dataset like any other), `python -m ovseg_jax.evaluate`, sel
 A predictor (`WindowPredictor`) scores images by sliding windows under a protocol (`eval.protocol`); a
 `Candidate` builds one for a dataset's class names, so one model gives one results row per dataset and
 classifier. A negative background threshold is chosen on the dataset entry's tune split (never the reported
-one). Chance baselines (uniform random, all background) can be scored on the same labels.
+one). Chance baselines (uniform random, all background) can be scored on the same labels. Every dataset's files
+are checked before any model work, and the results files are rewritten as each dataset finishes.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from data_pipelines import demo_data, eval_datasets
 from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
 from ovseg_jax.eval import metrics, results, visualize
 from ovseg_jax.eval.protocol import Protocol, labels_for_metrics
-from ovseg_jax.eval.windows import WindowPredictor, window_starts
+from ovseg_jax.eval.windows import WindowPredictor, resize_scores, window_starts
 from ovseg_jax.train import progress
 
 THRESHOLD_CANDIDATES = np.linspace(0.0, 1.0, 41)
@@ -68,6 +69,7 @@ def choose_threshold(predictor: WindowPredictor, dataset: EvalDataset,
   confusions = np.zeros((len(candidates), info.num_classes, info.num_classes), np.int64)
   for example, scores in _scored(predictor, dataset):
     label = labels_for_metrics(example.label, predictor.background_id, info.ignore_index, predictor.protocol)
+    scores = resize_scores(scores, label.shape)  # Once, not once per candidate threshold.
     for i, t in enumerate(candidates):
       confusions[i] += metrics.confusion_matrix(predictor.labels(scores, t, label.shape), label, info.num_classes,
                                                 info.ignore_index)
@@ -118,7 +120,7 @@ def evaluate_dataset(predictor: WindowPredictor, dataset: EvalDataset, threshold
                    f"ETA {(len(dataset) - n) / rate / 60:.1f} min")
   row = _summary(confusion, info, protocol.background == "exclude" and predictor.background_id is not None)
   row.update(dataset=info.name, predictor=name, num_images=len(dataset), background=protocol.background,
-             background_threshold=threshold, seconds=time.perf_counter() - start)
+             background_threshold=threshold, seconds=time.perf_counter() - start, **getattr(predictor, "details", {}))
   return row
 
 
@@ -143,10 +145,12 @@ def baseline_rows(dataset: EvalDataset, protocol: Protocol, seed: int = 0) -> li
 
 def dataset_protocol(eval_config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict,
                      info: DatasetInfo) -> Protocol:
-  """The eval config's protocol with the dataset entry's overrides and the dataset's own synonyms."""
+  """The eval config's protocol with the dataset entry's overrides, the dataset's own synonyms and its published
+  zero-shot split (the seen classes of the seen/unseen ensembles)."""
   protocol = Protocol.from_config(ml_collections.ConfigDict({**eval_config.protocol.to_dict(),
                                                             **dict(entry.get("protocol", {}))}))
-  return dataclasses.replace(protocol, synonyms={**info.synonyms, **protocol.synonyms})
+  return dataclasses.replace(protocol, synonyms={**info.synonyms, **protocol.synonyms},
+                             seen_classes=info.seen_classes if info.unseen_classes else ())
 
 
 def background_threshold(predictor: WindowPredictor, entry: ml_collections.ConfigDict, root: Path,
@@ -172,19 +176,32 @@ def training_data_roots(train_config: ml_collections.ConfigDict) -> dict[str, st
   return {"demo": str(Path(demo_data.ensure_for_config(data, train_config.seed).eval_dir).parent)}
 
 
-def evaluate_suite(eval_config: ml_collections.ConfigDict, candidates: list[Candidate], output: str | Path,
-                   title: str, roots: Mapping[str, str | Path] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-  """Every candidate on every dataset of `eval_config.datasets` (roots from the entries, else `roots[name]`);
-  with `eval_config.baselines` also the chance baselines. Writes results files and overlays to `output`."""
-  output = epath.Path(output)
-  rows = []
+def open_datasets(eval_config: ml_collections.ConfigDict, roots: Mapping[str, str | Path] | None = None
+                  ) -> list[tuple[ml_collections.ConfigDict, Path, EvalDataset]]:
+  """(entry, root, dataset) of every entry of `eval_config.datasets` (roots from the entries, else
+  `roots[name]`), with the files of its split and tune split checked: a missing dataset fails here, in seconds,
+  before any model is restored or compiled."""
+  opened = []
   for entry in eval_config.datasets:
     root = entry.root or (roots or {}).get(entry.name)
     if not root:
       raise ValueError(f"datasets entry {entry.name!r} has no root: set its `root` to the dataset directory.")
     root = Path(root).expanduser()
-    dataset = eval_datasets.load(entry.name, root, entry.split)
+    if entry.get("tune_split"):
+      eval_datasets.load(entry.name, root, entry.tune_split)
+    opened.append((entry, root, eval_datasets.load(entry.name, root, entry.split)))
+  return opened
+
+
+def evaluate_suite(eval_config: ml_collections.ConfigDict, candidates: list[Candidate], output: str | Path,
+                   title: str, roots: Mapping[str, str | Path] | None = None,
+                   extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+  """Every candidate on every dataset of `eval_config.datasets` (roots from the entries, else `roots[name]`);
+  with `eval_config.baselines` also the chance baselines. Every dataset is checked first (`open_datasets`); the
+  results files in `output` are rewritten after each dataset, so a later failure keeps the earlier rows."""
+  output = epath.Path(output)
+  rows = []
+  for entry, root, dataset in open_datasets(eval_config, roots):
     protocol = dataset_protocol(eval_config, entry, dataset.info)
     for candidate in candidates:
       predictor = candidate.make(dataset.info, protocol)
@@ -193,5 +210,7 @@ def evaluate_suite(eval_config: ml_collections.ConfigDict, candidates: list[Cand
       rows.append({**row, "threshold_chosen_on": chosen_on, **(extra or {})})
     if eval_config.get("baselines"):
       rows += [{**row, **(extra or {})} for row in baseline_rows(dataset, protocol, eval_config.get("seed", 0))]
+    if rows:
+      results.write_results(rows, output, title, echo=False)
   results.write_results(rows, output, title)
   return rows

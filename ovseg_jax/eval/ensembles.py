@@ -1,73 +1,104 @@
-"""Ensembles of two or three per-mask class-probability sources, as the CLIP-based papers define them.
+"""Ensembles of per-mask class probabilities as the released code of OVSeg, MAFT and EBSeg computes them.
 
-All take probabilities [..., K] over the same K classes (the segmenter's own scores and CLIP's) and return
-scores [..., K]: geometric means with class-dependent weights, not renormalised (only the argmax and the
-background threshold read them). `seen` [K] marks the classes of the training vocabulary; an all-False
-`seen` (S-Seg trains on captions, not on classes) makes every class "unseen".
+All take probabilities [..., K] over the same K classes and return per-mask class scores [..., K] in [0, 1].
+`seen` [K] marks the classes of the training vocabulary (a dataset's published zero-shot split by default,
+`eval.protocol`); `valid` [...] marks masks with at least one pixel above the mask threshold.
 
-- OVSeg (Liang et al. 2023, eq. in sec. 3.3): p_seg^(1-l) * p_clip^l for every class.
-- MAFT / "frozen CLIP" decoupling (supplement eq. 1): seen p_seg^l * p_clip^(1-l); unseen p_clip^l.
-- EBSeg (supplement eqs. 4-5): three sources A, B, D; seen P_A^a P_B^b P_D^(1-a-b), new P_A^g P_B^b
-  P_D^(1-g-b); the seen columns come from the first, the new columns from the second.
+- OVSeg (facebookresearch/ov-seg, `open_vocab_seg/ovseg_model.py`, `semantic_inference`): p_seg^(1-l) p_clip^l
+  for every class, p_clip = 1 for empty masks (no crop to classify).
+- MAFT: the released eval config (`configs/coco-stuff-164k-156/eval.yaml`, CLIP_ENSEMBLE_WEIGHT 0.0) classifies
+  with IP-CLIP's scores alone (`clip_only`). The supplement's eq. 1, the "frozen CLIP" baseline it improves on, is
+  `maft_frozen_clip`: seen p_seg^l p_clip^(1-l), unseen p_clip^l. (The released code's branch for a positive
+  weight differs for unseen classes, p_seg^(1-l) p_clip^l; it is not the published baseline.)
+- EBSeg (slonetime/EBSeg, `ebseg/model/EBSeg.py`, inference branch of `forward`), in the released notation: A the
+  segmenter's own class probabilities, B its CLIP head's, D mask-pooled CLIP features'; seen
+  A^(1-a-g) D^a B^g, unseen A^(1-b-g) D^b B^g; log(1e-8 + .), softmax over classes, times (1 - A's no-object
+  probability). The supplement's eqs. 4-5 name the weights differently (alpha, beta, gamma on A, B, D).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
-# Probabilities are floored before the logarithm so p = 0 with weight 0 gives p^0 = 1, and p = 0 with a
-# positive weight gives a score that loses to any real candidate.
-_FLOOR = 1e-12
+# EBSeg adds 1e-8 before its logarithm (EBSeg.py), which also keeps the softmax defined when every score is 0.
+_EBSEG_EPS = 1e-8
 
 
-def _weighted_geometric_mean(probs: tuple[Array, ...], weights: tuple[Array | float, ...]) -> Array:
-  log = sum(jnp.asarray(w, jnp.float32) * jnp.log(jnp.maximum(p.astype(jnp.float32), _FLOOR))
-            for p, w in zip(probs, weights))
-  return jnp.exp(log)
+def _weighted_geometric_mean(probs: tuple[Array, ...], weights: tuple[float, ...]) -> Array:
+  """prod_i p_i^w_i with torch.pow's zeros (0^0 = 1, 0^w = 0 for w > 0), as the released code multiplies them."""
+  out = jnp.ones_like(probs[0], jnp.float32)
+  for p, w in zip(probs, weights):
+    out = out * jnp.power(p.astype(jnp.float32), jnp.float32(w))
+  return out
 
 
 def _columns(seen: Array, seen_value, unseen_value) -> Array:
   return jnp.where(jnp.asarray(seen, bool), seen_value, unseen_value)
 
 
-def ovseg(p_seg: Array, p_clip: Array, clip_weight: float) -> Array:
-  """p_seg^(1 - l) * p_clip^l, l = `clip_weight`."""
-  return _weighted_geometric_mean((p_seg, p_clip), (1.0 - clip_weight, clip_weight))
+def _mapped_back(p_clip: Array, valid: Array | None) -> Array:
+  """CLIP's probabilities with 1 for masks that have no pixel to classify (OVSeg's and MAFT's `map_back`)."""
+  return p_clip if valid is None else jnp.where(jnp.asarray(valid, bool)[..., None], p_clip, 1.0)
 
 
-def maft(p_seg: Array, p_clip: Array, seen: Array, weight: float) -> Array:
-  """Seen classes p_seg^l * p_clip^(1-l); unseen classes p_clip^l (l = `weight`)."""
+def ovseg(p_seg: Array, p_clip: Array, clip_weight: float, valid: Array | None = None) -> Array:
+  """p_seg^(1 - l) * p_clip^l, l = `clip_weight`; empty masks (valid False) keep p_seg^(1 - l)."""
+  return _weighted_geometric_mean((p_seg, _mapped_back(p_clip, valid)), (1.0 - clip_weight, clip_weight))
+
+
+def maft_frozen_clip(p_seg: Array, p_clip: Array, seen: Array, weight: float, valid: Array | None = None) -> Array:
+  """MAFT supplement eq. 1: seen classes p_seg^l * p_clip^(1-l); unseen classes p_clip^l (l = `weight`)."""
+  p_clip = _mapped_back(p_clip, valid)
   seen_scores = _weighted_geometric_mean((p_seg, p_clip), (weight, 1.0 - weight))
   unseen_scores = _weighted_geometric_mean((p_clip,), (weight,))
   return _columns(seen, seen_scores, unseen_scores)
 
 
-def ebseg(p_a: Array, p_b: Array, p_d: Array, seen: Array, alpha: float, beta: float, gamma: float) -> Array:
-  """Seen columns P_A^alpha P_B^beta P_D^(1-alpha-beta), new columns P_A^gamma P_B^beta P_D^(1-gamma-beta)."""
-  train = _weighted_geometric_mean((p_a, p_b, p_d), (alpha, beta, 1.0 - alpha - beta))
-  new = _weighted_geometric_mean((p_a, p_b, p_d), (gamma, beta, 1.0 - gamma - beta))
-  return _columns(seen, train, new)
+def ebseg(p_a: Array, p_b: Array, p_d: Array, seen: Array, a: float, b: float, g: float,
+          no_object_a: Array | None = None) -> Array:
+  """EBSeg's released combination: seen A^(1-a-g) D^a B^g, unseen A^(1-b-g) D^b B^g, then softmax over classes
+  of log(1e-8 + .) and times (1 - `no_object_a`), A's no-object probability [...] (None: A has no such class)."""
+  seen_scores = _weighted_geometric_mean((p_a, p_d, p_b), (1.0 - a - g, a, g))
+  unseen_scores = _weighted_geometric_mean((p_a, p_d, p_b), (1.0 - b - g, b, g))
+  scores = jax.nn.softmax(jnp.log(_EBSEG_EPS + _columns(seen, seen_scores, unseen_scores)), axis=-1)
+  return scores if no_object_a is None else scores * (1.0 - no_object_a.astype(jnp.float32))[..., None]
 
 
 @dataclass(frozen=True)
 class EnsembleSpec:
   """A named ensemble and its weights, as selected by `classifier='ensemble:NAME'` in configs."""
-  method: str  # 'ovseg' | 'maft' | 'ebseg'
-  weight: float = 0.0  # OVSeg's lambda (CLIP's share) or MAFT's lambda.
-  alpha: float = 0.0
-  beta: float = 0.0
-  gamma: float = 0.0
+  method: str  # 'ovseg' | 'clip_only' | 'maft_frozen_clip' | 'ebseg'
+  weight: float = 0.0  # OVSeg's lambda (CLIP's share) or MAFT eq. 1's lambda.
+  a: float = 0.0  # EBSeg's released (alpha, beta, gamma): D's share for seen, D's share for unseen, B's share.
+  b: float = 0.0
+  g: float = 0.0
+  note: str = ""  # Shown beside the results row: what the row stands for, and any stand-in it uses.
 
 
-# Published defaults. OVSeg appendix C: 0.7 for ADE-150/847, 0.6 for Pascal Context; VOC uses 0.45 here
-# (the appendix lists 0.6 for PAS-20). MAFT: lambda "usually 0.6-0.8"; 0.7 taken. EBSeg: the weights its
-# supplement's Table 1 selects on ADE-150 (alpha 0.2, beta 0.7, gamma 0.0).
+_EBSEG_B_STAND_IN = ("B (EBSeg's own CLIP head) is replaced by masked-crop CLIP scores, a stand-in until that head "
+                     "is trained here; D is mask-pooled dense CLIP")
+
 PUBLISHED = {
-    "ovseg_ade": EnsembleSpec("ovseg", weight=0.7),
-    "ovseg_context": EnsembleSpec("ovseg", weight=0.6),
-    "ovseg_voc": EnsembleSpec("ovseg", weight=0.45),
-    "maft": EnsembleSpec("maft", weight=0.7),
-    "ebseg": EnsembleSpec("ebseg", alpha=0.2, beta=0.7, gamma=0.0),
+    # OVSeg appendix C: lambda 0.7 for A-150 and A-847 (also CLIP_ENSEMBLE_WEIGHT of the released configs).
+    "ovseg_ade": EnsembleSpec("ovseg", weight=0.7, note="OVSeg ensemble, lambda 0.7 (appendix C, ADE-150/847)"),
+    # OVSeg appendix C: lambda 0.6 for PC-59 and PC-459.
+    "ovseg_context": EnsembleSpec("ovseg", weight=0.6, note="OVSeg ensemble, lambda 0.6 (appendix C, PC-59/459)"),
+    # OVSeg appendix C: lambda 0.6 for PAS-20.
+    "ovseg_voc": EnsembleSpec("ovseg", weight=0.6, note="OVSeg ensemble, lambda 0.6 (appendix C, PAS-20)"),
+    # MAFT's released eval.yaml: CLIP_ENSEMBLE_WEIGHT 0.0, the class scores are IP-CLIP's alone.
+    "maft_ipclip": EnsembleSpec("clip_only", note="MAFT as released: CLIP scores alone (eval.yaml weight 0.0); "
+                                "masked-crop frozen CLIP stands in for IP-CLIP until a fine-tuned one is given"),
+    # MAFT supplement eq. 1 ("lambda usually 0.6-0.8"); 0.8 is the released code's default CLIP_ENSEMBLE_WEIGHT
+    # (freeseg/config.py).
+    "maft_frozen_clip": EnsembleSpec("maft_frozen_clip", weight=0.8,
+                                     note="MAFT supplement eq. 1, the frozen-CLIP baseline, lambda 0.8"),
+    # EBSeg.py: (alpha, beta, gamma) = (0.09, 0.3, 0.7) with CLIP ViT-B/16.
+    "ebseg_vitb": EnsembleSpec("ebseg", a=0.09, b=0.3, g=0.7,
+                               note=f"EBSeg released weights for ViT-B/16 (0.09, 0.3, 0.7); {_EBSEG_B_STAND_IN}"),
+    # EBSeg.py: (alpha, beta, gamma) = (0.12, 0.4, 0.6) with CLIP ViT-L/14 at 336.
+    "ebseg_vitl": EnsembleSpec("ebseg", a=0.12, b=0.4, g=0.6,
+                               note=f"EBSeg released weights for ViT-L/14-336 (0.12, 0.4, 0.6); {_EBSEG_B_STAND_IN}"),
 }

@@ -2,8 +2,11 @@
 
 Per-pixel scores come from the final decoder layer's masks and the mask embeddings classified against the
 class-name embeddings (softmax over classes of the scaled cosine similarity), combined either as
-MaskFormer's semantic inference (`sum` over queries of class prob x mask prob) or by the winning query
+MaskFormer's semantic inference normalised per pixel (`sum`, see `pixel_scores`) or by the winning query
 per pixel (`winner`: the query with the highest class confidence x mask probability decides).
+
+Both give every pixel a score in [0, 1] per class, so a background threshold reads a probability, as GroupViT's
+thresholds (VOC 0.95, Pascal Context 0.35, COCO-Object 0.95) do.
 """
 from __future__ import annotations
 
@@ -59,14 +62,28 @@ def mask_class_probs(mask_embeddings: jax.Array, text_embeddings: jax.Array, log
 
 
 def pixel_scores(mask_logits: jax.Array, class_prob: jax.Array, out_hw: tuple[int, int], decode: str) -> jax.Array:
-  """[B, C, H, W] from mask logits [B, N, h, w] and per-mask class scores [B, N, C] ('sum' or 'winner')."""
+  """[B, C, H, W] from mask logits [B, N, h, w] and per-mask class scores [B, N, C] ('sum' or 'winner').
+
+  `sum`: MaskFormer's sum over queries of class prob x mask prob, divided per pixel by the pixel's total mask
+  probability: score_c(x) = sum_q m_q(x) p_q(c) / sum_q m_q(x). Each pixel is thus assigned to the queries in
+  proportion to their mask probabilities (weights summing to one over queries), and its score is a convex
+  combination of per-query class distributions: in [0, 1], and summing to at most one over classes. This is the
+  quantity GroupViT thresholds ("we threshold the maximum probability"): the class probability of the group a
+  pixel is assigned to, the assignment being one over groups per pixel. Unnormalised, the sum over 64 queries
+  grows with how many masks overlap a pixel (up to 64), so a fixed threshold would mean different things on
+  different images. With a no-object column (class scores summing to less than one) the divisor equals the sum
+  of the class scores plus the queries' no-object mass, so that mass stays out of every class. The division is
+  one positive number per pixel: the argmax over classes is MaskFormer's. The per-query weights are computed as
+  a softmax of log-sigmoid logits, which is the same ratio without dividing by a vanishing sum.
+  """
   if decode not in DECODE_METHODS:
     raise ValueError(f"eval.decode={decode!r}: use one of {DECODE_METHODS}.")
   b, n = mask_logits.shape[:2]
   mask_logits = jax.image.resize(mask_logits.astype(jnp.float32), (b, n, *out_hw), method="bilinear")
-  mask_prob = jax.nn.sigmoid(mask_logits)
   if decode == "sum":
-    return jnp.einsum("bnc,bnhw->bchw", class_prob, mask_prob)
+    weights = jax.nn.softmax(jax.nn.log_sigmoid(mask_logits), axis=1)  # m_q / sum_q m_q, per pixel
+    return jnp.einsum("bnc,bnhw->bchw", class_prob, weights)
+  mask_prob = jax.nn.sigmoid(mask_logits)
   confidence = jnp.max(class_prob, axis=-1)  # [B, N]
   winner = jnp.argmax(confidence[:, :, None, None] * mask_prob, axis=1)  # [B, H, W]
   win_mask = jnp.take_along_axis(mask_prob, winner[:, None], axis=1)[:, 0]  # [B, H, W]
@@ -77,7 +94,7 @@ def pixel_scores(mask_logits: jax.Array, class_prob: jax.Array, out_hw: tuple[in
 def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_embeddings: jax.Array,
                        logit_scale: jax.Array, out_hw: tuple[int, int], decode: str,
                        name_groups: jax.Array | None = None) -> jax.Array:
-  """[B, C, H, W] scores in [0, 1] (per query: softmax class prob x sigmoid mask prob).
+  """[B, C, H, W] scores in [0, 1] from per-query softmax class probs and sigmoid mask probs (`pixel_scores`).
 
   `text_embeddings` [num_names, D]; `name_groups` [num_names, C] sums synonym probabilities per class
   (None: one name per class).

@@ -23,7 +23,9 @@ class ClipSetup:
   params: Any
   crop_size: int
   mask_threshold: float = 0.5
-  seen_classes: tuple[str, ...] = ()  # The training vocabulary's classes (none for S-Seg).
+  # The classes the seen/unseen ensembles treat as seen; empty: the dataset's published zero-shot split if it has
+  # one (`Protocol.seen_classes`), else none. S-Seg trains on captions, so its "seen" is the benchmark's split.
+  seen_classes: tuple[str, ...] = ()
   no_object_logit: float | None = None  # A fixed "no object" class for CLIP's softmax (None: off).
 
 
@@ -51,13 +53,26 @@ def open_vocabulary_predictor(model: Any, params: Any, class_names: tuple[str, .
   prompt_names, groups = mask_scores.expand_synonyms(names, protocol.synonyms)
   text = mask_scores.class_text_embeddings(model, params, prompt_names, protocol.templates, context_length)
   groups = jnp.asarray(groups)
-  reclassify = None
+  reclassify, details = None, {}
   if classifier != "learned":
     clip_text = mask_scores.class_text_embeddings(clip.module, clip.params, prompt_names, protocol.templates,
                                                   clip.module.architecture.context_length)
-    seen = jnp.asarray([n in clip.seen_classes for n in names])
+    seen_names = set(clip.seen_classes or protocol.seen_classes)
+    seen = jnp.asarray([n in seen_names for n in names])
     reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, groups, seen,
                                             clip.crop_size, clip.mask_threshold, no_object_logit=clip.no_object_logit)
+    details = _classifier_details(classifier, [n for n in names if n in seen_names], clip.seen_classes, protocol)
   segmenter = mask_scores.make_segmenter(model, protocol.decode, reclassify)
   return WindowPredictor(lambda p, t, g, windows: segmenter(p, windows, t, g), (params, text, groups), class_ids,
-                         background_id, protocol)
+                         background_id, protocol, details)
+
+
+def _classifier_details(classifier: str, seen: list[str], configured: tuple[str, ...],
+                        protocol: Protocol) -> dict[str, Any]:
+  """Results-row entries saying what a CLIP classifier's row stands for and which classes it counted as seen."""
+  details = {"classifier_note": classify.classifier_note(classifier)} if classify.classifier_note(classifier) else {}
+  if classify.uses_seen_classes(classifier):
+    source = ("clip.seen_classes of the eval config" if configured else
+              "the dataset's published zero-shot split" if protocol.seen_classes else "none: every class unseen")
+    details.update(ensemble_seen_classes=seen, ensemble_seen_source=source)
+  return details

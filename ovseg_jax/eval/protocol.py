@@ -35,6 +35,9 @@ class Protocol:
   decode: str
   batch_size: int  # Windows scored per call (one compiled program per protocol).
   synonyms: dict[str, tuple[str, ...]]
+  # Classes the seen/unseen ensembles (MAFT eq. 1, EBSeg) treat as seen: the dataset's published zero-shot split,
+  # set by `engine.dataset_protocol`; empty: every class is unseen.
+  seen_classes: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> Protocol:

@@ -3,17 +3,20 @@
 An image is covered by windows of `window` pixels every `stride` pixels (the last window of a row or column
 flush with the border); each window's class scores are added into the image's canvas and divided by how many
 windows covered each pixel. Images smaller than a window are padded to it, and windows (of one or several
-images) are scored in batches of fixed size, so every image reuses the same compiled scorer.
+images) are scored in batches of fixed size, so every image reuses the same compiled scorer. As mmseg does, the
+class scores are resized (bilinearly) to the label's size before the argmax; labels are never resized.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from PIL import Image
 
 from ovseg_jax.eval.protocol import Protocol, decide_labels
+from ovseg_jax.models.resize import linear_resize_matrix
 from ovseg_jax.train import sharding
 
 
@@ -27,10 +30,14 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def nearest_resize(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  if label.shape == hw:
-    return label
-  return np.asarray(Image.fromarray(label.astype(np.int32)).resize(hw[::-1], Image.NEAREST))
+def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """[C, h, w] -> [C, H, W] float32 as mmseg resizes logits to the label (bilinear, align_corners=False, no
+  antialiasing). The weights are non-negative and sum to one, so scores in [0, 1] stay there."""
+  if scores.shape[1:] == tuple(hw):
+    return scores
+  rows = linear_resize_matrix(scores.shape[1], hw[0]).astype(np.float32)
+  cols = linear_resize_matrix(scores.shape[2], hw[1]).astype(np.float32)
+  return (rows @ scores.astype(np.float32)) @ cols.T
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -75,11 +82,13 @@ class WindowPredictor:
 
   `score_windows(*constants, windows uint8 [batch, window, window, 3]) -> [batch, len(class_ids), window,
   window]`; the constants (params, text embeddings) are replicated. Windows are split over every local device
-  when the window batch divides evenly (one process: evaluation jobs run per host on their own images)."""
+  when the window batch divides evenly (one process: evaluation jobs run per host on their own images).
+  `details` are entries for the results rows (what a classifier stands for, which classes it counts as seen)."""
 
   def __init__(self, score_windows: Callable[..., jax.Array], constants: tuple, class_ids: list[int],
-               background_id: int | None, protocol: Protocol):
+               background_id: int | None, protocol: Protocol, details: dict[str, Any] | None = None):
     self.protocol, self.background_id, self.class_ids = protocol, background_id, class_ids
+    self.details = dict(details or {})
     devices = jax.local_devices()
     self.mesh = sharding.make_mesh((("data", len(devices)),), devices) if protocol.batch_size % len(devices) == 0 \
         else sharding.make_mesh((("data", 1),), devices[:1])
@@ -97,8 +106,8 @@ class WindowPredictor:
                  p.batch_size)
 
   def labels(self, scores: np.ndarray, threshold: float, hw: tuple[int, int]) -> np.ndarray:
-    """Dataset labels [H, W] from one image's scores, at size `hw`."""
-    return nearest_resize(decide_labels(scores, self.class_ids, self.background_id, self.protocol, threshold), hw)
+    """Dataset labels [H, W] from one image's scores, resized to size `hw` before the decision."""
+    return decide_labels(resize_scores(scores, hw), self.class_ids, self.background_id, self.protocol, threshold)
 
   def predict(self, image: np.ndarray, threshold: float) -> np.ndarray:
     """Dataset labels [H, W] at the image's own size."""
@@ -109,7 +118,7 @@ class WindowPredictor:
     """Each image's labels [H, W] and best class score [H, W] in [0, 1] at its own size: pseudo labels."""
     labels, confidence = [], []
     for image, scores in zip(images, self.scores(images)):
-      top = Image.fromarray(np.clip(scores.max(axis=0), 0.0, 1.0).astype(np.float32), mode="F")
-      confidence.append(np.asarray(top.resize(image.shape[1::-1], Image.BILINEAR)))
-      labels.append(self.labels(scores, threshold, image.shape[:2]))
+      resized = resize_scores(scores, image.shape[:2])
+      confidence.append(resized.max(axis=0))
+      labels.append(decide_labels(resized, self.class_ids, self.background_id, self.protocol, threshold))
     return labels, confidence
