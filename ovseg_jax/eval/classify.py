@@ -63,6 +63,13 @@ def masked_crop(image: Array, mask: Array, size: int) -> Array:
                                        "linear", antialias=True)
 
 
+def crop_with_mask(image: Array, mask: Array, size: int) -> tuple[Array, Array]:
+  """`masked_crop` and the mask cropped and resized the same way (bool, > 0.5: nearly nearest-neighbour, as
+  OVSeg resizes the masks that travel with its crops to the mask prompts)."""
+  crop_mask = masked_crop(mask[..., None].astype(jnp.float32), mask, size)[..., 0] > 0.5
+  return masked_crop(image, mask, size), crop_mask
+
+
 def crop_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array, text_embeddings: Array,
                      crop_size: int, threshold: float = 0.5, crops_per_call: int = 32,
                      no_object_logit: float | None = None) -> Array:
