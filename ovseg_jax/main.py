@@ -1,4 +1,4 @@
-r"""Trains and evaluates whatever method a config names (`config.trainer`: sseg, selftrain).
+r"""Trains and evaluates whatever method a config names (`config.trainer`: sseg, selftrain, clip).
 
   python -m ovseg_jax.main --config=configs/sseg_demo.py --workdir=/tmp/sseg_demo [--config.total_steps=100]
   python -m ovseg_jax.main --config=configs/selftrain_demo.py --workdir=/tmp/sseg_plus \

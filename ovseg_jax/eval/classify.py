@@ -63,17 +63,29 @@ def masked_crop(image: Array, mask: Array, size: int) -> Array:
                                        "linear", antialias=True)
 
 
+def crop_with_mask(image: Array, mask: Array, size: int) -> tuple[Array, Array]:
+  """`masked_crop` and the mask cropped and resized the same way (bool, > 0.5: nearly nearest-neighbour, as
+  OVSeg resizes the masks that travel with its crops to the mask prompts)."""
+  crop_mask = masked_crop(mask[..., None].astype(jnp.float32), mask, size)[..., 0] > 0.5
+  return masked_crop(image, mask, size), crop_mask
+
+
 def crop_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array, text_embeddings: Array,
                      crop_size: int, threshold: float = 0.5, crops_per_call: int = 32,
                      no_object_logit: float | None = None) -> Array:
   """Masked-crop classification. images [B, H, W, 3] CLIP-normalised, mask_logits [B, N, h, w] ->
-  [B, N, K]. Empty masks get the uniform distribution (no evidence for any class)."""
+  [B, N, K]. Empty masks get the uniform distribution (no evidence for any class). A CLIP with mask prompts
+  also gets each crop's mask."""
   b, n = mask_logits.shape[:2]
   masks = binary_masks(mask_logits, images.shape[1:3], threshold)  # [B, N, H, W]
-  crops = jax.vmap(jax.vmap(masked_crop, in_axes=(None, 0, None)), in_axes=(0, 0, None))(images, masks, crop_size)
+  crops, crop_masks = jax.vmap(jax.vmap(crop_with_mask, in_axes=(None, 0, None)), in_axes=(0, 0, None))(
+      images, masks, crop_size)
   crops = crops.reshape(b * n, crop_size, crop_size, images.shape[-1])
-  encode = lambda x: clip.apply({"params": clip_params}, x[None], method="encode_image")[0]
-  embeddings = jax.lax.map(encode, crops, batch_size=crops_per_call).reshape(b, n, -1)
+  crop_masks = crop_masks.reshape(b * n, crop_size, crop_size)
+  prompted = getattr(getattr(clip, "architecture", None), "mask_prompt_depth", 0) > 0  # Masks travel with crops.
+  encode = lambda x: clip.apply({"params": clip_params}, x[0][None], x[1][None] if prompted else None,
+                                method="encode_image")[0]
+  embeddings = jax.lax.map(encode, (crops, crop_masks), batch_size=crops_per_call).reshape(b, n, -1)
   probs = class_probs(embeddings, text_embeddings, no_object_logit=no_object_logit)
   empty = ~jnp.any(masks, axis=(-2, -1))  # [B, N]
   return jnp.where(empty[..., None], 1.0 / text_embeddings.shape[0], probs)

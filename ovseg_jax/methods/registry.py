@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
 
@@ -27,6 +28,7 @@ METHODS = {
     "sseg": Method(sseg.train_and_evaluate, sseg.evaluate_workdir, sseg_setup.build, sseg.restore_model,
                    sseg.candidates),
     "selftrain": Method(selftrain.train_and_evaluate, selftrain.evaluate_workdir, selftrain_setup.build),
+    "clip": Method(clip.train_and_evaluate, clip.evaluate_workdir, clip_setup.build),
 }
 
 

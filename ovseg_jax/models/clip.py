@@ -5,6 +5,10 @@ one to one (`ovseg_jax.weights.load_clip` reads the files users have).
 `encode_dense` gives one embedding per patch for mask pooling: the last block's attention is replaced by its
 value path (each token attends only to itself, so its output is out_proj(v_proj(x))), as MaskCLIP does,
 because the last layer's query/key were trained only to pool into the class token.
+
+With `mask_prompt_depth` > 0 the image tower holds OVSeg's mask prompts [depth, grid^2, width]: given a crop's mask,
+the tokens of patches without a kept pixel are replaced by prompt 0 after the patch embedding and by prompt d after
+block d, for d < depth (the released forward), so a blanked-out region no longer looks like a patch of mean colour.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class ClipArchitecture:
   text_heads: int
   activation: str = "quick_gelu"  # OpenAI's; some open_clip and Hugging Face models use exact "gelu".
   layer_norm_eps: float = 1e-5
+  mask_prompt_depth: int = 0  # OVSeg's mask prompt tuning; 0: no prompts.
 
 
 def _activation(name: str):
@@ -87,6 +92,9 @@ class VisionTransformer(nn.Module):
                                           name=f"resblocks_{i}") for i in range(a.vision_layers)]
     self.ln_post = nn.LayerNorm(a.layer_norm_eps, dtype=self.dtype)
     self.proj = self.param("proj", nn.initializers.normal(a.vision_width ** -0.5), (a.vision_width, a.embed_dim))
+    if a.mask_prompt_depth:
+      self.mask_prompts = self.param("mask_prompts", nn.initializers.normal(0.02),
+                                     (a.mask_prompt_depth, grid * grid, a.vision_width))
 
   def _positions(self, h: int, w: int) -> jax.Array:
     """Class + patch positions, the patch grid resized bicubically for other image sizes."""
@@ -99,15 +107,34 @@ class VisionTransformer(nn.Module):
                        jnp.asarray(bicubic_resize_matrix(grid, w)), precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([pos[:1], patch.reshape(h * w, -1)], axis=0)
 
-  def __call__(self, images: jax.Array, dense: bool = False) -> jax.Array:
-    """images [B, H, W, 3] CLIP-normalised -> [B, embed_dim], or with `dense` [B, h, w, embed_dim]."""
+  def _kept_patches(self, masks: jax.Array, h: int, w: int) -> jax.Array:
+    """bool [B, h*w, 1]: patches with at least one kept pixel of `masks` [B, H, W]."""
+    if not self.a.mask_prompt_depth:
+      raise ValueError("CLIP image tower: masks were given but the model has no mask prompts; set "
+                       "mask_prompt_depth in its ClipArchitecture.")
+    if self.mask_prompts.shape[1] != h * w:
+      raise ValueError(f"CLIP mask prompts are for a {self.a.image_size}px image ({self.mask_prompts.shape[1]} "
+                       f"patches), got a {h}x{w} patch grid: give crops of {self.a.image_size}px.")
+    p = self.a.patch_size
+    return jnp.any(masks.reshape(masks.shape[0], h, p, w, p), axis=(2, 4)).reshape(-1, h * w, 1)
+
+  def __call__(self, images: jax.Array, dense: bool = False, masks: jax.Array | None = None) -> jax.Array:
+    """images [B, H, W, 3] CLIP-normalised -> [B, embed_dim], or with `dense` [B, h, w, embed_dim]. `masks`
+    bool [B, H, W] (the kept pixels of each crop) switch on the mask prompts."""
     x = self.conv1(images.astype(self.dtype))
     b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    kept = None if masks is None else self._kept_patches(masks, h, w)
+    if kept is not None:
+      x = jnp.where(kept, x, self.mask_prompts[0].astype(x.dtype))
     cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (b, 1, c))
-    x = jnp.concatenate([cls, x.reshape(b, h * w, c)], axis=1) + self._positions(h, w).astype(x.dtype)
+    x = jnp.concatenate([cls, x], axis=1) + self._positions(h, w).astype(x.dtype)
     x = self.ln_pre(x)
     for i, block in enumerate(self.blocks):
       x = block(x, value_path=dense and i == len(self.blocks) - 1)
+      if kept is not None and i + 1 < self.a.mask_prompt_depth:
+        patches = jnp.where(kept, x[:, 1:], self.mask_prompts[i + 1].astype(x.dtype))
+        x = jnp.concatenate([x[:, :1], patches], axis=1)
     if dense:
       return (self.ln_post(x[:, 1:]) @ self.proj.astype(x.dtype)).reshape(b, h, w, -1)
     return self.ln_post(x[:, 0]) @ self.proj.astype(x.dtype)
@@ -150,8 +177,8 @@ class CLIP(nn.Module):
     self.text = TextTransformer(self.architecture, self.dtype)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(jnp.log(1 / 0.07)), ())
 
-  def encode_image(self, images: jax.Array) -> jax.Array:
-    return self.visual(images)
+  def encode_image(self, images: jax.Array, masks: jax.Array | None = None) -> jax.Array:
+    return self.visual(images, masks=masks)
 
   def encode_dense(self, images: jax.Array) -> jax.Array:
     return self.visual(images, dense=True)
@@ -159,5 +186,6 @@ class CLIP(nn.Module):
   def encode_text(self, tokens: jax.Array) -> jax.Array:
     return self.text(tokens)
 
-  def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.encode_image(images), self.encode_text(tokens)
+  def __call__(self, images: jax.Array, tokens: jax.Array,
+               masks: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    return self.encode_image(images, masks), self.encode_text(tokens)

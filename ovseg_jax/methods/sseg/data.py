@@ -60,6 +60,7 @@ def host_batches(config: ml_collections.ConfigDict, data_position: dict[str, Any
       sources, batch_size=config.batch_size // jax.process_count(), image_size=config.data.image_size,
       process_index=jax.process_index(), process_count=jax.process_count(), positions=positions,
       seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
-      crop_scale=tuple(config.data.crop_scale), context_length=config.data.context_length,
+      crop_scale=tuple(config.data.crop_scale), flip=config.data.get("flip", True),
+      context_length=config.data.context_length,
       **_text_options(config))
   return batches, skip_stats.as_metrics, lambda: all_read_positions(positions)
