@@ -6,7 +6,6 @@ import json
 import tarfile
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_pipelines import image_text
