@@ -173,3 +173,79 @@ def test_loss_covers_every_prediction_and_has_gradients(problem):
   assert np.isfinite(three) and three > one > 0
   grad = jax.grad(loss)(1.0, 2)
   assert np.isfinite(grad) and grad != 0
+
+
+def test_semantic_targets_one_per_class_largest_kept():
+  from ovseg_jax.methods.mask2former import data
+  label = np.full((4, 6), data.IGNORE)
+  label[0, :5], label[1:, :2], label[3, 5] = 7, 2, 9
+  segments, classes = data.semantic_targets(label, max_targets=2)
+  assert classes.tolist() == [2, 7]  # Class 9 (one pixel) does not fit: its pixel is ignored.
+  np.testing.assert_array_equal(segments == 0, label == 2)
+  np.testing.assert_array_equal(segments == 1, label == 7)
+  assert (segments[(label == data.IGNORE) | (label == 9)] == -1).all()
+
+
+def test_unseen_classes_are_ignored_and_the_others_renumbered():
+  from configs import mask2former_demo
+  from ovseg_jax.methods.mask2former import data
+  config = mask2former_demo.get_config("tiny")
+  names = list(config.data.class_names)
+  lookup = data.label_lookup(config)
+  assert data.training_classes(config) == [n for n in names if n not in mask2former_demo.UNSEEN]
+  assert lookup[names.index("star")] == data.IGNORE and lookup[names.index("moon")] == data.IGNORE
+  assert lookup[names.index("circle")] == data.training_classes(config).index("circle")
+  assert lookup[255] == data.IGNORE
+
+
+def test_optimizer_decays_weights_not_norms_or_embeddings_and_slows_the_backbone():
+  from configs import mask2former_demo
+  from ovseg_jax.methods.mask2former import setup
+  config = mask2former_demo.get_config("tiny")
+  model = setup.build_model(config.model, 5)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+  mask = setup.decay_mask(params)
+  assert mask["decoder"]["class_embed"]["bias"] and mask["decoder"]["class_embed"]["kernel"]
+  assert not mask["decoder"]["query_feat"] and not mask["decoder"]["level_embed"]
+  assert mask["pixel_decoder"]["level_embed"]  # An nn.Parameter in the reference: decayed.
+  assert not mask["decoder"]["decoder_norm"]["scale"] and not mask["backbone"]["stem_conv1"]["norm"]["mean"]
+  multipliers = setup.backbone_multipliers(params, 0.1)
+  assert multipliers["backbone"]["stem_conv1"]["conv"]["kernel"] == 0.1
+  assert multipliers["decoder"]["class_embed"]["kernel"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  from configs import mask2former_demo
+  from ovseg_jax.methods.mask2former import setup
+  from ovseg_jax.train import sharding
+  config = mask2former_demo.get_config("tiny")
+  config.data.demo_root = str(tmp_path_factory.mktemp("demo"))
+  config.batch_size = 8  # One image per fake device (tests/conftest.py).
+  return config, setup.build(config, sharding.make_mesh(config.mesh.axes))
+
+
+def test_tiny_training_lowers_the_loss_on_a_batch(tiny):
+  from ovseg_jax.methods.mask2former import data
+  from ovseg_jax.train import sharding
+  config, trainable = tiny
+  mesh = sharding.make_mesh(config.mesh.axes)
+  batch = sharding.host_batch_to_global(next(data.host_batches(config, 0)), mesh)
+  assert batch["target_classes"].shape == (8, config.data.max_targets)
+  state, losses = trainable.state, []
+  for _ in range(6):
+    state, metrics = trainable.step(state, batch, jax.random.key(0), None)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses)) and min(losses[3:]) < losses[0], losses
+  assert int(state.step) == 6
+
+
+def test_published_configs_lower_for_one_image():
+  from configs import mask2former_ade150, mask2former_coco_stuff
+  from ovseg_jax.methods import registry
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  for module in (mask2former_coco_stuff, mask2former_ade150):
+    config = module.get_config()
+    trainable = registry.get(config).build(config, mesh, abstract=True)
+    lowered = trainable.step.lower(trainable.state, trainable.batch_spec(1), jax.random.key(0), None)
+    assert "while" in lowered.as_text()  # The matcher's loops are in the step.

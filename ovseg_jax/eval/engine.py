@@ -185,6 +185,8 @@ def evaluate_suite(eval_config: ml_collections.ConfigDict, candidates: list[Cand
       raise ValueError(f"datasets entry {entry.name!r} has no root: set its `root` to the dataset directory.")
     root = Path(root).expanduser()
     dataset = eval_datasets.load(entry.name, root, entry.split)
+    if entry.get("unseen_classes"):  # A zero-shot split chosen by the experiment (e.g. the demo's held-out classes).
+      dataset.info = dataclasses.replace(dataset.info, unseen_classes=tuple(entry.unseen_classes))
     protocol = dataset_protocol(eval_config, entry, dataset.info)
     for candidate in candidates:
       predictor = candidate.make(dataset.info, protocol)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
 
@@ -27,6 +28,9 @@ METHODS = {
     "sseg": Method(sseg.train_and_evaluate, sseg.evaluate_workdir, sseg_setup.build, sseg.restore_model,
                    sseg.candidates),
     "selftrain": Method(selftrain.train_and_evaluate, selftrain.evaluate_workdir, selftrain_setup.build),
+    # A fixed class set (its K+1 head): no candidates for arbitrary class names.
+    "mask2former": Method(mask2former.train_and_evaluate, mask2former.evaluate_workdir, mask2former_setup.build,
+                          mask2former.restore_model),
 }
 
 
