@@ -225,19 +225,35 @@ def tiny(tmp_path_factory):
   return config, setup.build(config, sharding.make_mesh(config.mesh.axes))
 
 
-def test_tiny_training_lowers_the_loss_on_a_batch(tiny):
+@pytest.fixture(scope="module")
+def trained(tiny):
+  """(losses, state) of six steps on one batch (the step donates the initial state)."""
   from ovseg_jax.methods.mask2former import data
   from ovseg_jax.train import sharding
   config, trainable = tiny
-  mesh = sharding.make_mesh(config.mesh.axes)
-  batch = sharding.host_batch_to_global(next(data.host_batches(config, 0)), mesh)
+  batch = next(data.host_batches(config, 0))
   assert batch["target_classes"].shape == (8, config.data.max_targets)
+  batch = sharding.host_batch_to_global(batch, sharding.make_mesh(config.mesh.axes))
   state, losses = trainable.state, []
   for _ in range(6):
     state, metrics = trainable.step(state, batch, jax.random.key(0), None)
     losses.append(float(metrics["loss"]))
+  return losses, state
+
+
+def test_tiny_training_lowers_the_loss_on_a_batch(trained):
+  losses, state = trained
   assert np.all(np.isfinite(losses)) and min(losses[3:]) < losses[0], losses
   assert int(state.step) == 6
+
+
+def test_tiny_model_is_evaluated_on_seen_and_unseen_classes(tiny, trained, tmp_path):
+  from ovseg_jax.methods.mask2former import trainer
+  (config, trainable), (_, state) = tiny, trained
+  rows = trainer.evaluate(config, tmp_path, trainable.model, state.params, int(state.step))
+  row = next(r for r in rows if r["predictor"] == trainer.NAME)
+  assert np.isfinite(row["seen_miou"]) and row["unseen_miou"] == 0.0  # The head has no unseen class.
+  assert (tmp_path / "results.md").exists()
 
 
 def test_published_configs_lower_for_one_image():
