@@ -1,12 +1,13 @@
 r"""Speed against the machine's limit and against the PyTorch way, measured in one run.
 
-  python -m benchmarks.run [--sections=ceiling,vit,torch,demo,paper,matching,pipeline,eval] \
+  python -m benchmarks.run [--sections=ceiling,vit,torch,demo,paper,matching,mask2former,pipeline,eval] \
       [--torch_python=/path/to/python-with-torch-and-timm] [--out=/tmp/benchmarks.json]
 
 Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
 torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
 (Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
-FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; DINO + K-means
+FLOPs; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
+R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch Python, transformers' Mask2Former; DINO + K-means
 pseudo masks per image and K-means beside sklearn's; the input pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
 `scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
 
@@ -156,6 +157,72 @@ def method_step(config, batch: int, label: str) -> tuple[dict, float]:
   return row, seconds
 
 
+TORCH_MASK2FORMER_SCRIPT = r"""
+import json, os, sys, time, statistics, torch
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+torch.set_num_threads(os.cpu_count())
+batch, size, classes, targets = (int(a) for a in sys.argv[1:5])
+backbone = ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"])  # R50.
+model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(backbone_config=backbone, num_labels=classes))
+model.train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+x = torch.randn(batch, 3, size, size)
+g = torch.Generator().manual_seed(0)
+blocks = torch.randint(0, targets, (batch, size // 32, size // 32), generator=g)
+segments = blocks.repeat_interleave(32, 1).repeat_interleave(32, 2)
+mask_labels = [torch.stack([(s == t).float() for t in range(targets)]) for s in segments]
+class_labels = [torch.arange(targets) for _ in range(batch)]
+def step():
+    opt.zero_grad(set_to_none=True)
+    model(pixel_values=x, mask_labels=mask_labels, class_labels=class_labels).loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+    opt.step()
+step()
+times = []
+for _ in range(3):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": statistics.median(times), "threads": torch.get_num_threads()}))
+"""
+
+
+def mask2former_rows(python: str, batch: int = 2, targets: int = 10) -> list[dict]:
+  """The Mask2Former R50 train step of configs/mask2former_ade150.py (512 crops, 100 queries, 12544 points, 10
+  supervised predictions, on-device matching) on blocky labels with `targets` classes per image; beside it,
+  transformers' Mask2Former (R50 backbone, the same losses, scipy matching) in PyTorch eager."""
+  import jax
+  from configs import mask2former_ade150
+  from ovseg_jax.methods import registry
+  from ovseg_jax.methods.mask2former import data
+  from ovseg_jax.train import sharding
+  config = mask2former_ade150.get_config()
+  config.batch_size, size = batch, config.data.crop_size
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
+  trainable = registry.get(config).build(config, mesh)
+  blocks = np.random.default_rng(0).integers(0, targets, (batch, size // 32, size // 32))
+  labels = blocks.repeat(32, 1).repeat(32, 2)
+  segments, classes = zip(*(data.semantic_targets(label, config.data.max_targets) for label in labels))
+  host = {"image": common.random_batch(trainable, batch)["image"], "segments": np.stack(segments),
+          "target_classes": np.stack(classes)}
+  compile_s, seconds, compiled = _timed_step(trainable.step, trainable.state, sharding.host_batch_to_global(host, mesh),
+                                             jax.random.key(0), None, repeats=3)
+  flops = _compiled_flops(compiled)
+  row = {"what": f"Mask2Former R50 train step (ADE-150 config), batch {batch}, {size} px", "img/s": batch / seconds,
+         "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
+         "compile s": compile_s}
+  rows = [row]
+  if python:
+    out = subprocess.run([python, "-c", TORCH_MASK2FORMER_SCRIPT, str(batch), str(size), "150", str(targets)],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+      logging.warning("PyTorch Mask2Former peer failed: %s", out.stderr[-500:])
+    else:
+      peer_seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+      row["vs PyTorch"] = peer_seconds / seconds
+      rows.append({"what": f"Mask2Former R50 train step, batch {batch}, {size} px (PyTorch eager, transformers)",
+                   "img/s": batch / peer_seconds})
+  return rows
+
+
 def matching_rows(paper_step_seconds: float | None, batch: int = 2, layers: int = 6) -> list[dict]:
   """The paper step matches 64 queries to 8 pseudo masks for every image and decoder layer."""
   import jax
@@ -270,6 +337,8 @@ def main(argv) -> None:
     rows.append(row)
   if "matching" in sections:
     rows += matching_rows(paper_seconds)
+  if "mask2former" in sections:
+    rows += mask2former_rows(f.torch_python)
   if "pseudo_masks" in sections:
     rows += pseudo_mask_rows(f.torch_python)
   if "pipeline" in sections:
@@ -293,8 +362,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "pseudo_masks", "pipeline",
-                                 "eval"],
+  flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "mask2former",
+                                 "pseudo_masks", "pipeline", "eval"],
                     "Which measurements to run.")
   flags.DEFINE_string("torch_python", "", "A Python with torch and timm for the PyTorch peer.")
   flags.DEFINE_string("out", "", "JSON output path.")

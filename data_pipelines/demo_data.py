@@ -10,6 +10,8 @@ there). Layout under `root/<hash of the config>/`:
   eval/, tune/          labelled splits: images/KEY.jpg, labels/KEY.png (mode 'L': 0 background,
                         i for class_names[i]), classes.txt ("background" first), meta.json.
   DONE                  written last.
+  train_labelled_N/     on request (`ensure_labelled_train`): the first N training scenes, the same as in
+                        the shards, as a labelled split, for methods trained with pixel labels.
 
 Training scenes never show a held-out (category, background) pair; every eval and tune scene shows
 at least one. `tune` has the eval distribution with another seed: choose thresholds there, report
@@ -108,9 +110,17 @@ def ensure_demo_data(root: str | os.PathLike, cfg: DemoDataConfig) -> DemoDataPa
 def ensure_for_config(data: Any, seed: int) -> DemoDataPaths:
   """The demo data of a training config's `data` section (image_size, num_train, num_eval, num_tune,
   demo_root) and seed, generated on first use."""
-  cfg = DemoDataConfig(image_size=data.image_size, num_train=data.num_train, num_eval=data.num_eval,
-                       num_tune=data.num_tune, seed=seed)
-  return ensure_demo_data(Path(data.demo_root).expanduser(), cfg)
+  return ensure_demo_data(Path(data.demo_root).expanduser(), _config_of(data, seed))
+
+
+def labelled_train_for_config(data: Any, seed: int, count: int) -> str:
+  """`ensure_labelled_train` for a training config's `data` section and seed."""
+  return ensure_labelled_train(ensure_for_config(data, seed), _config_of(data, seed), count)
+
+
+def _config_of(data: Any, seed: int) -> DemoDataConfig:
+  return DemoDataConfig(image_size=data.image_size, num_train=data.num_train, num_eval=data.num_eval,
+                        num_tune=data.num_tune, seed=seed)
 
 
 def _generate_atomically(root: Path, final: Path, cfg: DemoDataConfig) -> None:
@@ -190,7 +200,8 @@ def _write_labelled(split: str, directory: Path, count: int, cfg: DemoDataConfig
   rng = _split_rng(cfg, split)
   samples = []
   for index in range(count):
-    scene = demo_scenes.make_scene(rng, cfg.image_size, held_out=True)
+    # The train stream without held-out pairs: exactly the scenes of the train shards, in order.
+    scene = demo_scenes.make_scene(rng, cfg.image_size, held_out=split != 'train')
     key = f'{index:09d}'
     (directory / 'images' / f'{key}.jpg').write_bytes(_jpeg(scene.image, cfg.jpeg_quality))
     Image.fromarray(scene.labels).save(directory / 'labels' / f'{key}.png')
@@ -201,6 +212,25 @@ def _write_labelled(split: str, directory: Path, count: int, cfg: DemoDataConfig
           'backgrounds': list(demo_scenes.BACKGROUND_NAMES),
           'held_out_pairs': [list(pair) for pair in demo_scenes.HELD_OUT_PAIRS], 'samples': samples}
   (directory / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
+
+
+def ensure_labelled_train(paths: DemoDataPaths, cfg: DemoDataConfig, count: int) -> str:
+  """The directory of a labelled split of the first `count` training scenes (the pixel labels of the train
+  shards' images), beside eval/ and tune/; generated atomically on first use."""
+  if not 1 <= count <= cfg.num_train:
+    raise ValueError(f'ensure_labelled_train: count={count}; use 1..{cfg.num_train} (num_train).')
+  final = Path(paths.eval_dir).parent / f'train_labelled_{count}'
+  if (final / 'meta.json').exists():
+    return str(final)
+  tmp = final.parent / f'.{final.name}.tmp-{socket.gethostname()}-{os.getpid()}'
+  try:
+    _write_labelled('train', tmp, count, cfg)
+    if not (final / 'meta.json').exists():  # Otherwise another process finished the same split first.
+      shutil.rmtree(final, ignore_errors=True)
+      os.rename(tmp, final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return str(final)
 
 
 def load_labelled_split(split_dir: str | os.PathLike) -> LabelledSplit:

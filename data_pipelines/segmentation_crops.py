@@ -4,7 +4,8 @@ Each sample follows mmseg's standard pipeline for 512 crops, which the published
 aspect kept, so the image fits `scale` (2048 x 512) times a random ratio in `ratio_range` (0.5-2.0); a random
 `crop_size` crop, redrawn up to ten times while one class covers more than `cat_max_ratio` of its labelled
 pixels; a random horizontal flip; padding to `crop_size` (image 0, label ignore). mmseg's photometric
-distortion is not applied.
+distortion is not applied. With `short_sides`, the resize is detectron2's `ResizeShortestEdge` instead (Mask2Former's
+semantic configs): the short side one of `short_sides` at random, the long side at most `max_size`.
 
 The order is an endless sequence of seeded per-epoch permutations, and every sample's randomness is keyed by
 (seed, step, slot), so a resumed run continues exactly where its checkpoint was taken. A thread pool reads
@@ -27,6 +28,8 @@ class CropSpec:
   ratio_range: tuple[float, float] = (0.5, 2.0)
   cat_max_ratio: float = 0.75
   ignore_index: int = 255
+  short_sides: tuple[int, ...] = ()  # detectron2's resize: short side chosen from these (then `scale` is unused).
+  max_size: int = 0  # Its cap on the long side (0: none).
 
 
 def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
@@ -42,8 +45,13 @@ def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
 def _rescale(image: np.ndarray, label: np.ndarray, spec: CropSpec,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   h, w = label.shape
-  ratio = rng.uniform(*spec.ratio_range)
-  factor = min(max(spec.scale) * ratio / max(h, w), min(spec.scale) * ratio / min(h, w))
+  if spec.short_sides:
+    factor = int(rng.choice(spec.short_sides)) / min(h, w)
+    if spec.max_size and max(h, w) * factor > spec.max_size:
+      factor = spec.max_size / max(h, w)
+  else:
+    ratio = rng.uniform(*spec.ratio_range)
+    factor = min(max(spec.scale) * ratio / max(h, w), min(spec.scale) * ratio / min(h, w))
   size = (max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5)))
   image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
   label = np.asarray(Image.fromarray(label.astype(np.int32)).resize(size, Image.NEAREST))

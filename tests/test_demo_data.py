@@ -250,3 +250,16 @@ def test_demo_split_through_the_eval_dataset_registry(generated):
   np.testing.assert_array_equal(np.stack([e.image for e in examples]), split.images)
   with pytest.raises(ValueError, match="unknown evaluation dataset 'vocc'.*demo"):
     eval_datasets.load('vocc', '/nowhere')
+
+
+def test_labelled_train_split_shows_the_train_shards_scenes(tmp_path):
+  cfg = demo_data.DemoDataConfig(image_size=32, num_train=12, num_eval=2, num_tune=2, samples_per_shard=6)
+  paths = demo_data.ensure_demo_data(tmp_path, cfg)
+  split = demo_data.load_labelled_split(demo_data.ensure_labelled_train(paths, cfg, 8))
+  assert split.labels.shape == (8, 32, 32) and split.class_names == demo_data.class_names()
+  with tarfile.open(paths.train_shards[1]) as tar:  # Scene 6 is the first of the second shard.
+    jpeg = tar.extractfile(sorted(m.name for m in tar.getmembers() if m.name.endswith('.jpg'))[0]).read()
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB')), split.images[6])
+  assert demo_data.ensure_labelled_train(paths, cfg, 8) == str(Path(paths.eval_dir).parent / 'train_labelled_8')
+  with pytest.raises(ValueError, match='num_train'):
+    demo_data.ensure_labelled_train(paths, cfg, 13)

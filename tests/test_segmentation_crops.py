@@ -87,3 +87,10 @@ def test_small_images_are_padded_with_ignore(shape):
   crop_image, crop_label = segmentation_crops.augment(image, np.ones(shape, np.int64), spec, np.random.default_rng(0))
   assert (crop_label != spec.ignore_index).sum() == min(shape) * 32
 
+
+
+def test_shortest_edge_resize_chooses_a_short_side_and_caps_the_long_one():
+  image, label = np.zeros((40, 100, 3), np.uint8), np.zeros((40, 100), np.int32)
+  spec = CropSpec(crop_size=8, short_sides=(20, 60), max_size=120)
+  sizes = {segmentation_crops._rescale(image, label, spec, np.random.default_rng(s))[1].shape for s in range(10)}
+  assert sizes == {(20, 50), (48, 120)}  # 60 would make the long side 150 > 120.

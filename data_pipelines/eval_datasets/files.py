@@ -63,11 +63,16 @@ class FileDataset:
     return len(self._items)
 
   def __iter__(self) -> Iterator[Example]:
-    for key, image_path, label_path in self._items:
-      if not image_path.is_file() or not label_path.is_file():
-        raise missing_files_error(self.info, image_path.parents[1], image_path if not image_path.is_file()
-                                  else label_path)
-      yield Example(key, read_image(image_path), self._map_label(read_label(label_path)).astype(np.int32))
+    for index in range(len(self._items)):
+      yield self.example(index)
+
+  def example(self, index: int) -> Example:
+    """Example `index` of the split (random access, for training on it)."""
+    key, image_path, label_path = self._items[index]
+    if not image_path.is_file() or not label_path.is_file():
+      raise missing_files_error(self.info, image_path.parents[1], image_path if not image_path.is_file()
+                                else label_path)
+    return Example(key, read_image(image_path), self._map_label(read_label(label_path)).astype(np.int32))
 
   def image_files(self) -> list[tuple[str, Path]]:
     """(key, image path) of every example, for jobs that need only the images (self-training)."""

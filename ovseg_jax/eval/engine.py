@@ -189,7 +189,10 @@ def open_datasets(eval_config: ml_collections.ConfigDict, roots: Mapping[str, st
     root = Path(root).expanduser()
     if entry.get("tune_split"):
       eval_datasets.load(entry.name, root, entry.tune_split)
-    opened.append((entry, root, eval_datasets.load(entry.name, root, entry.split)))
+    dataset = eval_datasets.load(entry.name, root, entry.split)
+    if entry.get("unseen_classes"):  # A zero-shot split chosen by the experiment (e.g. the demo's held-out classes).
+      dataset.info = dataclasses.replace(dataset.info, unseen_classes=tuple(entry.unseen_classes))
+    opened.append((entry, root, dataset))
   return opened
 
 

@@ -1,0 +1,97 @@
+r"""Supervised Mask2Former (Cheng et al. 2022) trained with pixel labels on the seen classes, through the shared
+loop, and evaluated by the shared engine.
+
+  python -m ovseg_jax.main --config=configs/mask2former_demo.py --workdir=/tmp/m2f_demo
+  python -m ovseg_jax.main --config=configs/mask2former_coco_stuff.py --workdir=W --config.data.root=/data/coco \
+      --config.model.backbone.checkpoint=R-50.pkl
+
+Inference is MaskFormer's semantic inference: per-pixel class scores = sum over queries of softmax(class logits)
+without "no object" times sigmoid(mask), masks bilinearly upsampled to the window. The classifier is the trained
+K+1 head over the training classes: classes held out of training (unseen) get no score and are never predicted,
+so their IoU is 0 by construction. Zero-shot methods built on this base replace the head by a text classifier.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from ovseg_jax.eval import engine
+from ovseg_jax.eval.windows import WindowPredictor
+from ovseg_jax.methods.mask2former import data, setup
+from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+from ovseg_jax.train import loop, progress, sharding, workdir as workdirs
+
+NAME = "Mask2Former"
+
+
+def semantic_scores(model: Any, params: Any, windows: jax.Array) -> jax.Array:
+  """MaskFormer's semantic inference: uint8 windows [B, S, S, 3] -> class scores [B, K, S, S]."""
+  outputs = model.apply({"params": params}, normalize_images(windows, IMAGENET_MEAN, IMAGENET_STD))
+  probs = jax.nn.softmax(outputs["pred_logits"].astype(jnp.float32), axis=-1)[..., :-1]
+  masks = outputs["pred_masks"].astype(jnp.float32)
+  masks = jax.nn.sigmoid(jax.image.resize(masks, (*masks.shape[:2], *windows.shape[1:3]), "bilinear"))
+  return jnp.einsum("bqk,bqhw->bkhw", probs, masks)
+
+
+def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, name: str = NAME) -> list[engine.Candidate]:
+  """The trained head as an engine candidate: a dataset's classes that are training classes compete by argmax
+  (the protocol's background rule is replaced by 'none': background, where trained, is a class like any other)."""
+  trained = data.training_classes(config)
+
+  def make(info, protocol):
+    class_ids = [i for i, n in enumerate(info.class_names) if n in trained]
+    if not class_ids:
+      raise ValueError(f"{name} was trained on {trained[:5]}..., none of {info.name}'s classes.")
+    columns = jnp.asarray([trained.index(info.class_names[i]) for i in class_ids])
+    score = jax.jit(lambda p, windows: semantic_scores(model, p, windows)[:, columns])
+    return WindowPredictor(score, (params,), class_ids, info.background_index,
+                           dataclasses.replace(protocol, background="none"))
+  return [engine.Candidate(name, make)]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any, step: int
+             ) -> list[dict[str, Any]]:
+  roots = engine.training_data_roots(config)
+  if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
+    progress.log("evaluation: set the dataset roots in config.eval.datasets (e.g. --config.eval.datasets.0.root=...) "
+                 "and run `python -m ovseg_jax.evaluate --config=<this config> --workdir=WORKDIR`.")
+    return []
+  return engine.evaluate_suite(config.eval, candidates(model, params, config), workdir, f"{NAME} at step {step}",
+                               roots, extra={"step": step})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the results rows."""
+  workdir = workdirs.as_workdir(workdir)
+  workdirs.write_config(workdir, config)
+  mesh = sharding.make_mesh(config.mesh.axes)
+  if config.batch_size % jax.process_count() or config.batch_size % sharding.num_batch_shards(mesh):
+    raise ValueError(f"batch_size={config.batch_size} must divide over {jax.process_count()} hosts and "
+                     f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
+  trainable = setup.build(config, mesh)
+  loop.describe_parameters(trainable.state.params, workdir)
+  ckpt, state, _ = loop.resume(config, workdir, trainable.state)
+  start_step = int(state.step)
+  if start_step < config.total_steps:
+    state = loop.run(config, workdir, mesh, lambda s, b, k: trainable.step(s, b, k, None), state,
+                     data.host_batches(config, start_step), ckpt, start_step)
+  ckpt.close()
+  return evaluate(config, workdir, trainable.model, state.params, int(state.step))
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, Any, int]:
+  """(model, params, step) of the latest checkpoint in `workdir`, built from `config`."""
+  trainable = setup.build(config, sharding.make_mesh(config.mesh.axes), abstract=True)
+  state, step = workdirs.restore_latest(workdir, trainable.state, config)
+  return trainable.model, state.params, step
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  """Evaluates the latest checkpoint in `workdir` (the `ovseg_jax.evaluate --workdir` command)."""
+  model, params, step = restore_model(config, workdir)
+  return evaluate(config, workdirs.as_workdir(workdir), model, params, step)
