@@ -22,10 +22,14 @@ def _parse(argv: list[str]) -> list[str]:
   """Parses flags; a misspelt `--config.key` stops here with the key's name instead of a traceback."""
   try:
     argv = flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    if CONFIG.value is not None:  # config_flags reports a config file it could not load only when it is used.
+      _ = CONFIG.value.keys()
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
     message = str(e).strip("'\"").replace("\\n", " ")
     if "Traceback" in message:  # A config file that raised: its own last line says what is wrong.
       message = message.strip().splitlines()[-1]
+    elif isinstance(e, OSError):  # A missing or unreadable config file: its last line names the path and cause.
+      message = f"cannot load the config file: {message.strip().splitlines()[-1].strip()}"
     sys.stderr.write(f"error: bad flag or config override: {message}\n"
                      f"(see --helpfull; config keys are listed in the config file)\n")
     sys.exit(2)

@@ -290,19 +290,37 @@ def test_predict_writes_overlays_for_a_user_vocabulary(demo_workdir, tmp_path, c
   for name, size in (("a.jpg", (50, 70)), ("b.png", (64, 64))):
     Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(images / name)
   (images / "notes.txt").write_text("not an image")
+  (images / "c.jpg").write_text("garbage")
   args = SimpleNamespace(classes="minion, tiger,background", image=str(images), checkpoint=str(demo_workdir),
                          output=str(tmp_path / "out"), background="threshold", background_threshold=0.3, scale=1.0,
                          classifier="learned", clip="")
-  predict.run(args)
+  predict.run(args)  # The unreadable files are skipped and listed; the images are all predicted.
   written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
   assert written == ["a.png", "b.png"]
   printed = capsys.readouterr().out
   assert printed.count("->") == 2 and "%" in printed
+  assert "skipped 2 of 4 files" in printed and "c.jpg is not a readable image" in printed and "notes.txt" in printed
   with pytest.raises(ValueError, match="names no class"):
     predict.parse_classes(" , ")
-  (images / "c.jpg").write_text("garbage")
   with pytest.raises(ValueError, match="c.jpg is not a readable image"):
     predict.run(SimpleNamespace(**{**vars(args), "image": str(images / "c.jpg")}))
+
+
+def test_predict_reads_16_bit_pngs_scaled_and_refuses_or_downscales_huge_images(tmp_path, monkeypatch):
+  from etils import epath
+  grey = np.array([[0, 257, 32768, 65535]], np.uint16)
+  Image.fromarray(grey).save(tmp_path / "deep.png")
+  assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+  image, note = predict.read_image(epath.Path(tmp_path / "deep.png"))
+  np.testing.assert_array_equal(image[..., 0], [[0, 1, 128, 255]])
+  assert image.shape == (1, 4, 3) and (image == image[..., :1]).all() and note == ""
+
+  Image.fromarray(np.zeros((60, 40, 3), np.uint8)).save(tmp_path / "big.png")
+  image, note = predict.read_image(epath.Path(tmp_path / "big.png"), max_pixels=600)
+  assert image.shape == (30, 20, 3) and note == "downscaled from 40x60 to 20x30 (over 600 pixels)"
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2,400 pixels: past the limit (an error from 2,000 on).
+  with pytest.raises(ValueError, match="big.png is past Pillow's decompression limit of 1,000 pixels"):
+    predict.read_image(epath.Path(tmp_path / "big.png"))
 
 
 def test_class_areas_sum_to_one():

@@ -94,9 +94,18 @@ def test_main_trains_evaluates_and_resumes(tmp_path):
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in logged)
 
+  config_json = (workdir / "config.json").read_text()
+  refused = _main(workdir, "--config.model.embed_dim=48")  # Another model: refused, the workdir keeps its config.
+  assert refused.returncode == 2 and "does not match" in refused.stderr and "Traceback" not in refused.stderr
+  assert (workdir / "config.json").read_text() == config_json
+
+  metrics = (workdir / "metrics.jsonl").read_text()
+  (workdir / "metrics.jsonl").write_text(metrics[:-20])  # A line cut by a kill in an older version.
   second = _main(workdir, "--config.total_steps=8")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from" in second.stdout and "at step 6" in second.stdout
+  assert "dropped unreadable line(s) [3]" in second.stdout
+  assert [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [2, 4, 8]
   assert {r["step"] for r in json.loads((workdir / "results.json").read_text())} == {8}
 
 

@@ -116,3 +116,21 @@ def test_markdown_tables():
       "|---:|---|---:|\n"
       "| 0 | sky | 0.250 |\n"
       "| 1 | cat | n/a |")
+
+
+def test_blending_a_large_image_is_exact_and_needs_little_float_memory(monkeypatch):
+  import tracemalloc
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (1500, 1000, 3), dtype=np.uint8)
+  labels = rng.choice([0, 1, 2, 255], (1500, 1000))
+  palette = visualize.class_palette(3)
+  expected = np.rint((1 - 0.55) * image + 0.55 * palette[np.where(labels == 255, 0, labels)].astype(np.float64))
+  expected = expected.astype(np.uint8)
+  expected[labels == 255] = 255
+  tracemalloc.start()
+  blended = visualize.blend_labels(image, labels, palette, 0.55)
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  np.testing.assert_array_equal(blended, expected)
+  # The uint8 result is 4.5 MB; blending the whole image in float64 at once would take over 100 MB.
+  assert peak < 6 * image.nbytes, peak

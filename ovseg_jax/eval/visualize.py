@@ -1,5 +1,5 @@
 """Pictures and tables of segmentation results: class palettes, image | prediction | ground-truth overlays with a
-legend. Plain numpy + PIL, so it runs anywhere results are looked at."""
+legend. Plain numpy + PIL (etils for gs:// outputs), so it runs anywhere results are looked at."""
 from __future__ import annotations
 
 import colorsys
@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 MIN_PANEL_SIZE = 192  # Shortest panel side in pixels: small (e.g. 64x64) inputs are upscaled to stay readable.
 IGNORE_COLOR = (255, 255, 255)
 BACKGROUND = "background"
 _MARGIN, _GAP, _SWATCH = 8, 8, 12
+_BLEND_PIXELS = 1 << 18  # Pixels per band of `blend_labels`.
 _TEXT, _SWATCH_OUTLINE = (0, 0, 0), (96, 96, 96)
 
 
@@ -50,10 +52,17 @@ def _check_label_map(name: str, labels: np.ndarray, image_shape: tuple[int, ...]
 
 def blend_labels(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float,
                  ignore_index: int = 255) -> np.ndarray:
-  """(1 - alpha) * image + alpha * class colour per pixel, uint8 [H, W, 3]; ignore pixels are white."""
-  colors = palette[np.where(labels == ignore_index, 0, labels)].astype(np.float64)
-  blended = np.rint((1 - alpha) * image.astype(np.float64) + alpha * colors).astype(np.uint8)
-  blended[labels == ignore_index] = IGNORE_COLOR
+  """(1 - alpha) * image + alpha * class colour per pixel, uint8 [H, W, 3]; ignore pixels are white.
+
+  Blended in bands of rows, so a large photo needs a few MB of float64 beside its uint8 result, not several GB.
+  """
+  blended = np.empty(image.shape, np.uint8)
+  rows = max(1, _BLEND_PIXELS // max(1, image.shape[1]))
+  for top in range(0, image.shape[0], rows):
+    band = labels[top:top + rows]
+    colors = palette[np.where(band == ignore_index, 0, band)].astype(np.float64)
+    blended[top:top + rows] = np.rint((1 - alpha) * image[top:top + rows].astype(np.float64) + alpha * colors)
+    blended[top:top + rows][band == ignore_index] = IGNORE_COLOR
   return blended
 
 
@@ -125,17 +134,22 @@ def overlay_panel(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None,
   return canvas
 
 
+def save_png(picture: Image.Image, path: str | Path) -> epath.Path:
+  """Writes a PNG to a local path or a gs:// URI."""
+  path = epath.Path(path)
+  with path.open("wb") as f:
+    picture.save(f, format="PNG")
+  return path
+
+
 def save_overlays(out_dir: str | Path, images: np.ndarray, preds: np.ndarray, labels: np.ndarray | None,
-                  class_names: Sequence[str], prefix: str = "overlay", max_images: int = 8) -> list[Path]:
-  """Writes `overlay_panel` PNGs of the first `max_images` images to `out_dir/{prefix}_{i:04d}.png`."""
+                  class_names: Sequence[str], prefix: str = "overlay", max_images: int = 8) -> list[epath.Path]:
+  """Writes `overlay_panel` PNGs of the first `max_images` images to `out_dir/{prefix}_{i:04d}.png` (local or
+  gs://)."""
   if len(images) != len(preds) or (labels is not None and len(labels) != len(images)):
     raise ValueError(f"save_overlays: {len(images)} images, {len(preds)} predictions and "
                      f"{'no' if labels is None else len(labels)} labels; pass one of each per image.")
-  out_dir = Path(out_dir)
+  out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = []
-  for i in range(min(len(images), max_images)):
-    path = out_dir / f"{prefix}_{i:04d}.png"
-    overlay_panel(images[i], preds[i], None if labels is None else labels[i], class_names).save(path)
-    paths.append(path)
-  return paths
+  return [save_png(overlay_panel(images[i], preds[i], None if labels is None else labels[i], class_names),
+                   out_dir / f"{prefix}_{i:04d}.png") for i in range(min(len(images), max_images))]

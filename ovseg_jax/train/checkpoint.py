@@ -1,6 +1,9 @@
-"""Orbax checkpoints of the train state plus the input position, with resume from the latest one.
+"""Orbax checkpoints of the train state plus the input position, with resume from the latest readable one.
 
-Saves are asynchronous (the step loop goes on while arrays are written); every host joins each save.
+Saves are asynchronous (the step loop goes on while arrays are written); every host joins each save. A checkpoint
+that does not fit the current config (CheckpointMismatchError) is a user error and stops the start; one whose
+files cannot be read (CheckpointCorruptError: a truncated or emptied array file) is moved aside and the previous
+checkpoint restored instead.
 """
 from __future__ import annotations
 
@@ -10,10 +13,17 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from ovseg_jax.train import progress
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint that does not fit the model/optimizer built from the current config."""
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint whose metadata fits the config but whose files cannot be read (truncated, emptied, missing)."""
 
 
 class Checkpointer:
@@ -41,20 +51,24 @@ class Checkpointer:
   def restore(self, step: int, template_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores `step` with the shapes, dtypes and shardings of `template_state`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
-    self._check_shapes(step, abstract)
     try:
+      metadata = self._manager.item_metadata(step)["state"]
+    except Exception as e:  # noqa: BLE001  Any failure to read the metadata is a damaged checkpoint.
+      raise CheckpointCorruptError(f"checkpoint {self.directory}/{step}: metadata unreadable ({_first_line(e)})") from e
+    self._check_shapes(step, metadata, abstract)
+    try:  # The shapes fit, so a failure now is in the files themselves.
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                         data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatchError(
-          f"checkpoint {self.directory}/{step} does not match the model and optimizer of the current config "
-          f"({e}). Use the config it was written with, or a new --workdir.") from e
+    except Exception as e:  # noqa: BLE001  tensorstore reports damaged files as ValueError or RuntimeError.
+      raise CheckpointCorruptError(f"checkpoint {self.directory}/{step}: files unreadable ({_first_line(e)})") from e
     return restored["state"], dict(restored["data"] or {})
 
-  def _check_shapes(self, step: int, abstract: Any) -> None:
+  def _check_shapes(self, step: int, metadata: Any, abstract: Any) -> None:
     """Compares stored shapes with the template first, so a mismatch fails before any array is read."""
-    stored = _shapes_by_path(self._manager.item_metadata(step)["state"])
+    if metadata is None:
+      raise CheckpointCorruptError(f"checkpoint {self.directory}/{step}: no state metadata")
+    stored = _shapes_by_path(metadata)
     expected = _shapes_by_path(abstract)
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
@@ -70,8 +84,35 @@ class Checkpointer:
           f"({details}). Use the config it was written with, or a new --workdir.")
 
   def restore_latest(self, template_state: Any) -> tuple[Any, dict[str, Any]] | None:
-    step = self.latest_step()
-    return None if step is None else self.restore(step, template_state)
+    """The newest readable checkpoint (None without any). Unreadable newer ones are renamed `STEP.corrupt` (so
+    the resumed run can save that step again) and named in the log; a config mismatch raises at once."""
+    damaged = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self.restore(step, template_state)
+      except CheckpointCorruptError as e:
+        progress.log(f"{e}: falling back to the previous checkpoint.")
+        damaged.append(step)
+        continue
+      self._set_aside(damaged)
+      if damaged:
+        progress.log(f"resuming from checkpoint {step} instead of the damaged {damaged} (kept as STEP.corrupt in "
+                     f"{self.directory}).")
+      return restored
+    if damaged:
+      raise CheckpointCorruptError(f"no readable checkpoint in {self.directory} (damaged: {damaged}); move the "
+                                   "directory away to start from scratch.")
+    return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        (self.directory / str(step)).rename(self.directory / f"{step}.corrupt")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("damaged checkpoints set aside")
+    self._manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -80,6 +121,10 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -17,7 +17,9 @@ class MetricLogger:
   """Writes scalars to TensorBoard and `metrics.jsonl` in the workdir (local or gs://); only host 0 writes.
 
   Cloud storage has no append, so the JSON lines are kept and the file rewritten at each write (a few
-  hundred kB for a long run); a resumed run keeps the lines of steps before its start.
+  hundred kB for a long run), through a temporary file renamed over it so a kill never leaves half a file; a
+  resumed run keeps the lines of steps before its start, and drops (with a message) a line cut by an older
+  writer or by hand.
   """
 
   def __init__(self, workdir: str | Path, start_step: int = 0):
@@ -26,8 +28,7 @@ class MetricLogger:
     self._jsonl = epath.Path(workdir) / "metrics.jsonl"
     self._lines: list[str] = []
     if self._writer is not None and self._jsonl.exists():
-      self._lines = [line for line in self._jsonl.read_text().splitlines()
-                     if line.strip() and json.loads(line).get("step", 0) <= start_step]
+      self._lines = [line for line in _readable_lines(self._jsonl) if json.loads(line).get("step", 0) <= start_step]
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
     if self._writer is None:
@@ -35,12 +36,32 @@ class MetricLogger:
     scalars = {k: float(v) for k, v in scalars.items()}
     self._writer.write_scalars(step, scalars)
     self._lines.append(json.dumps({"step": step, **scalars}))
-    self._jsonl.write_text("\n".join(self._lines) + "\n")
+    tmp = self._jsonl.with_name(f".{self._jsonl.name}.tmp")
+    tmp.write_text("\n".join(self._lines) + "\n")
+    tmp.replace(self._jsonl)
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.flush()
       self._writer.close()
+
+
+def _readable_lines(path: epath.Path) -> list[str]:
+  lines, dropped = [], []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      record = None
+    if isinstance(record, dict):
+      lines.append(line)
+    else:
+      dropped.append(number)
+  if dropped:
+    log(f"{path}: dropped unreadable line(s) {dropped[:5]} (cut by a kill or an edit); the other lines are kept.")
+  return lines
 
 
 class Progress:

@@ -24,7 +24,7 @@ from ovseg_jax.eval import engine
 from ovseg_jax.eval.windows import WindowPredictor
 from ovseg_jax.methods.mask2former import data, setup
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from ovseg_jax.train import loop, progress, sharding, workdir as workdirs
+from ovseg_jax.train import config_checks, fit, progress, sharding, workdir as workdirs
 
 NAME = "Mask2Former"
 
@@ -67,20 +67,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, param
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the results rows."""
+  config_checks.check_loop(config)
   workdir = workdirs.as_workdir(workdir)
-  workdirs.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh.axes)
-  if config.batch_size % jax.process_count() or config.batch_size % sharding.num_batch_shards(mesh):
-    raise ValueError(f"batch_size={config.batch_size} must divide over {jax.process_count()} hosts and "
-                     f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
+  fit.check_batch_size(config, mesh)
   trainable = setup.build(config, mesh)
-  loop.describe_parameters(trainable.state.params, workdir)
-  ckpt, state, _ = loop.resume(config, workdir, trainable.state)
-  start_step = int(state.step)
-  if start_step < config.total_steps:
-    state = loop.run(config, workdir, mesh, lambda s, b, k: trainable.step(s, b, k, None), state,
-                     data.host_batches(config, start_step), ckpt, start_step)
-  ckpt.close()
+  state = fit.fit(config, workdir, mesh, trainable,
+                  lambda _, start_step: fit.HostData(data.host_batches(config, start_step)))
   return evaluate(config, workdir, trainable.model, state.params, int(state.step))
 
 

@@ -15,6 +15,7 @@ from data_pipelines import demo_data, eval_datasets, shards
 from ovseg_jax.eval import engine
 from ovseg_jax.methods.selftrain import pseudo_labels
 from ovseg_jax.methods.sseg import trainer as sseg
+from ovseg_jax.train import workdir as workdirs
 
 
 def demo_train_images(teacher_config: ml_collections.ConfigDict, limit: int) -> list[tuple[str, np.ndarray]]:
@@ -37,7 +38,7 @@ class DemoSource:
     self.num_classes = len(demo_data.class_names())
 
   def teacher(self) -> tuple[Any, Any, int]:
-    return sseg.restore_model(self.teacher_config, Path(self.config.teacher_workdir).expanduser())
+    return sseg.restore_model(self.teacher_config, workdirs.as_workdir(self.config.teacher_workdir))
 
   def eval_roots(self) -> dict[str, str]:
     return engine.training_data_roots(self.teacher_config)

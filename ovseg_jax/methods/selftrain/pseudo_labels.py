@@ -2,7 +2,8 @@ r"""Pseudo labels for self-training (S-Seg+): a trained S-Seg labels a dataset's
 
 Each image gets a label PNG (class ids; uint8, or 16-bit when there are more than 255 classes) and a confidence
 PNG (the winning class score quantised to 0..255), written atomically under `output/` so a killed job leaves
-no half file and a re-run skips what is done. Each host labels a disjoint part of the images.
+no half file and a re-run skips what is done. Each host labels a disjoint part of the images. `output` may be
+local or gs:// (the workdir of a pod run).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from ovseg_jax.train import progress
@@ -22,10 +24,10 @@ IGNORE_INDEX = 255
 IGNORE_INDEX_16BIT = 65535
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: epath.Path, data: bytes) -> None:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp.write_bytes(data)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -52,25 +54,25 @@ def write_label(path: str | Path, label: np.ndarray, num_classes: int) -> None:
   if np.any(bad):
     raise ValueError(f"{path}: label values {np.unique(label[bad])[:5]} are neither class ids below "
                      f"{num_classes} nor the ignore value {ignore}.")
-  _atomic_write(Path(path), _png(label.astype(dtype)))
+  _atomic_write(epath.Path(path), _png(label.astype(dtype)))
 
 
 def read_label(path: str | Path) -> np.ndarray:
-  with Image.open(path) as image:
+  with epath.Path(path).open("rb") as f, Image.open(f) as image:
     return np.asarray(image).astype(np.int32)
 
 
 def write_confidence(path: str | Path, confidence: np.ndarray) -> None:
   """confidence [H, W] in [0, 1] -> uint8 PNG (value * 255, rounded)."""
-  _atomic_write(Path(path), _png(np.round(np.clip(confidence, 0.0, 1.0) * 255).astype(np.uint8)))
+  _atomic_write(epath.Path(path), _png(np.round(np.clip(confidence, 0.0, 1.0) * 255).astype(np.uint8)))
 
 
 def read_confidence(path: str | Path) -> np.ndarray:
-  with Image.open(path) as image:
+  with epath.Path(path).open("rb") as f, Image.open(f) as image:
     return np.asarray(image).astype(np.float32) / 255.0
 
 
-def output_paths(output: Path, key: str) -> tuple[Path, Path]:
+def output_paths(output: epath.Path, key: str) -> tuple[epath.Path, epath.Path]:
   return output / f"{key}.png", output / f"{key}_confidence.png"
 
 
@@ -78,7 +80,7 @@ def label_images(images: Iterator[tuple[str, np.ndarray]], predict: Any, output:
                  batch_size: int, total: int | None = None) -> dict[str, int]:
   """Labels `(key, uint8 image)` pairs with `predict(images [B, H, W, 3]) -> (labels, confidence)` in batches
   of equal-sized images; skips keys whose outputs exist. Returns counts of labelled and skipped images."""
-  output = Path(output)
+  output = epath.Path(output)
   output.mkdir(parents=True, exist_ok=True)
   counts = {"labelled": 0, "skipped_done": 0}
   pending: list[tuple[str, np.ndarray]] = []
@@ -116,7 +118,7 @@ def label_images(images: Iterator[tuple[str, np.ndarray]], predict: Any, output:
 
 def load_pseudo_labelled(output: str | Path, images: Sequence[tuple[str, np.ndarray]]) -> tuple[np.ndarray, ...]:
   """(images, labels, confidence) stacked for the keys that have pseudo labels under `output`."""
-  output = Path(output)
+  output = epath.Path(output)
   kept = [(key, image) for key, image in images if output_paths(output, key)[0].exists()]
   if not kept:
     raise FileNotFoundError(f"no pseudo labels under {output}: run the pseudo-labelling stage first.")

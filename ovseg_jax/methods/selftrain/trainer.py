@@ -33,7 +33,7 @@ from ovseg_jax.methods.selftrain.dataset_source import DatasetSource
 from ovseg_jax.methods.selftrain.demo_source import DemoSource
 from ovseg_jax.methods.sseg import trainer as sseg
 from ovseg_jax.ops.normalize import normalize_images
-from ovseg_jax.train import loop, progress, sharding, workdir as workdirs
+from ovseg_jax.train import config_checks, fit, progress, sharding, workdir as workdirs
 from ovseg_jax.train.state import overlay_params
 from ovseg_jax.weights.vit import read_vit_backbone
 
@@ -69,7 +69,7 @@ def initial_backbone(config: ml_collections.ConfigDict) -> tuple[Any, str] | Non
     _, params = read_vit_backbone(path, num_heads=config.model.backbone.num_heads)
     return params, f"ViT checkpoint {path}"
   if config.init.from_teacher:
-    _, teacher_params, _ = sseg.restore_model(config.teacher, Path(config.teacher_workdir).expanduser())
+    _, teacher_params, _ = sseg.restore_model(config.teacher, workdirs.as_workdir(config.teacher_workdir))
     return teacher_params["backbone"]["vit"], f"the teacher's ViT ({config.teacher_workdir})"
   return None
 
@@ -83,24 +83,25 @@ def initialise_backbone(params: Any, backbone: Any, what: str) -> Any:
 
 def train_stage(config: ml_collections.ConfigDict, workdir: Path, source: Source) -> tuple[Any, Any, int]:
   mesh = sharding.make_mesh(config.mesh.axes)
+  fit.check_batch_size(config, mesh)
   trainable = setup.build(config, mesh, classes=source.num_classes)
-  loop.describe_parameters(trainable.state.params, workdir)
-  ckpt, state, data_position = loop.resume(config, workdir, trainable.state)
-  if data_position is None and (initial := initial_backbone(config)) is not None:
+
+  def initialise(state):
+    if (initial := initial_backbone(config)) is None:
+      return state
     backbone, what = initial
-    state = jax.device_put(state.replace(params=initialise_backbone(state.params, backbone, what)),
-                           trainable.state_shardings)
     progress.log(f"second stage: backbone initialised from {what}")
-  start_step = int(state.step)
-  if start_step < config.total_steps:
+    return jax.device_put(state.replace(params=initialise_backbone(state.params, backbone, what)),
+                          trainable.state_shardings)
+
+  def host_data(_, start_step):
     num_samples, read_sample = source.training_samples(workdir / "pseudo_labels")
     host_seed = int(np.random.SeedSequence([config.seed, jax.process_index()]).generate_state(1)[0])
-    batches = segmentation_crops.crop_batches(num_samples, read_sample, config.batch_size // jax.process_count(),
-                                              host_seed, start_step, setup.crop_spec(config, source.num_classes),
-                                              workers=config.data.workers)
-    state = loop.run(config, workdir, mesh, lambda s, b, k: trainable.step(s, b, k, None), state, batches, ckpt,
-                     start_step)
-  ckpt.close()
+    return fit.HostData(segmentation_crops.crop_batches(
+        num_samples, read_sample, config.batch_size // jax.process_count(), host_seed, start_step,
+        setup.crop_spec(config, source.num_classes), workers=config.data.workers))
+
+  state = fit.fit(config, workdir, mesh, trainable, host_data, initialise)
   return trainable.model, state.params, int(state.step)
 
 
@@ -123,9 +124,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: Path, source: Source, m
                                workdir, f"S-Seg+ at step {step}", source.eval_roots(), extra={"step": step})
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The values the second stage's loop and crops read, checked before anything is built."""
+  config_checks.check_loop(config)
+  config_checks.check_int(config, "data.crop_size")
+  config_checks.check_pair(config, "data.ratio_range", 0.0)
+  config_checks.check_number(config, "pseudo_labels.min_confidence", 0.0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  check_config(config)
   workdir = workdirs.as_workdir(workdir)
-  workdirs.write_config(workdir, config)
   source = make_source(config)
   if config.total_steps > 0 and not (workdir / "checkpoints").exists():
     progress.log(f"pseudo labels: {source.pseudo_label(workdir / 'pseudo_labels')}")

@@ -8,35 +8,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 
 from ovseg_jax.eval import engine
 from ovseg_jax.eval.open_vocabulary import ClipSetup, open_vocabulary_predictor
 from ovseg_jax.methods.sseg import data, setup
-from ovseg_jax.train import loop, progress, sharding, workdir as workdirs
+from ovseg_jax.train import config_checks, fit, progress, sharding, workdir as workdirs
 
 NAME = "S-Seg"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The values S-Seg's loop and input read, checked before anything is built (`config_checks.ConfigError`)."""
+  config_checks.check_loop(config)
+  config_checks.check_pair(config, "data.crop_scale", 0.0, 1.0)
+  config_checks.check_int(config, "data.image_size")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
   """Trains (resuming from the latest checkpoint in `workdir`, a local path or a gs:// URI) and evaluates;
   returns the results rows."""
+  check_config(config)
   workdir = workdirs.as_workdir(workdir)
-  workdirs.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh.axes)
-  if config.batch_size % jax.process_count() or config.batch_size % sharding.num_batch_shards(mesh):
-    raise ValueError(f"batch_size={config.batch_size} must divide over {jax.process_count()} hosts and "
-                     f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
+  fit.check_batch_size(config, mesh)
   trainable = setup.build(config, mesh)
-  loop.describe_parameters(trainable.state.params, workdir)
-  ckpt, state, data_position = loop.resume(config, workdir, trainable.state)
-  start_step = int(state.step)
-  if start_step < config.total_steps:
-    batches, skip_counts, read_positions = data.host_batches(config, data_position)
-    state = loop.run(config, workdir, mesh, lambda s, b, k: trainable.step(s, b, k, trainable.frozen), state,
-                     batches, ckpt, start_step, skip_counts, read_positions)
-  ckpt.close()
+  state = fit.fit(config, workdir, mesh, trainable,
+                  lambda position, _: fit.HostData(*data.host_batches(config, position)))
   return evaluate(config, workdir, trainable.model, state.params, int(state.step))
 
 
