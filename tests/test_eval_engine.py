@@ -332,6 +332,7 @@ def test_flags_are_not_defined_by_importing_the_modules():
   assert "checkpoint" not in flags.FLAGS  # Defined only when run as commands, so entry points do not clash.
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_every_classifier_on_the_demo_checkpoint_with_a_random_small_clip(demo_workdir, tmp_path):
   import jax
   import jax.numpy as jnp

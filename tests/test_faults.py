@@ -194,6 +194,7 @@ def _main(*args):
                         timeout=600)
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_command_line_faults_give_one_line_and_a_status(tmp_path):
   start = time.monotonic()
   missing = _main("--config=configs/no_such_config.py", f"--workdir={tmp_path / 'a'}")
@@ -264,6 +265,7 @@ def fake_gcs(tmp_path, monkeypatch):
   return fake
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_a_gs_workdir_holds_every_file_a_run_and_predict_write(fake_gcs, tmp_path, capsys):
   from configs import sseg_demo
   from ovseg_jax import predict

@@ -256,6 +256,7 @@ def test_tiny_model_is_evaluated_on_seen_and_unseen_classes(tiny, trained, tmp_p
   assert (tmp_path / "results.md").exists()
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_published_configs_lower_for_one_image():
   from configs import mask2former_ade150, mask2former_coco_stuff
   from ovseg_jax.methods import registry

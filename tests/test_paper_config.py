@@ -62,6 +62,7 @@ def test_paper_train_step_runs_and_lowers_the_loss():
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_plan_reports_memory_and_flops_of_the_compiled_step():
   from configs import sseg_demo
   from ovseg_jax import plan_memory as plan

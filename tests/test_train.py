@@ -154,6 +154,7 @@ def test_read_positions_round_trip_through_the_checkpoint_data():
   assert data.host_read_positions(two_hosts, 2) == [image_text.ReadPosition(2), image_text.ReadPosition(4)]
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_multi_label_texts_train_with_the_extra_loss(tmp_path):
   config = sseg_demo.get_config("tiny")
   config.data.demo_root = str(tmp_path / "demo")

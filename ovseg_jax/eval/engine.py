@@ -176,6 +176,18 @@ def training_data_roots(train_config: ml_collections.ConfigDict) -> dict[str, st
   return {"demo": str(Path(demo_data.ensure_for_config(data, train_config.seed).eval_dir).parent)}
 
 
+def evaluate_run(config: ml_collections.ConfigDict, candidates: list[Candidate], workdir: str | Path, title: str,
+                 step: int) -> list[dict[str, Any]]:
+  """A training run's own evaluation: the eval suite of `config.eval` (the demo's splits need no root); skipped,
+  with the command that runs it later, while a dataset has no root."""
+  roots = training_data_roots(config)
+  if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
+    progress.log("evaluation: set the dataset roots in config.eval.datasets (--config.eval.datasets.0.root=...), or "
+                 "run `python -m ovseg_jax.evaluate --config=<this config> --workdir=WORKDIR` with them later.")
+    return []
+  return evaluate_suite(config.eval, candidates, workdir, title, roots, extra={"step": step})
+
+
 def open_datasets(eval_config: ml_collections.ConfigDict, roots: Mapping[str, str | Path] | None = None
                   ) -> list[tuple[ml_collections.ConfigDict, Path, EvalDataset]]:
   """(entry, root, dataset) of every entry of `eval_config.datasets` (roots from the entries, else

@@ -24,7 +24,7 @@ from ovseg_jax.eval import engine
 from ovseg_jax.eval.windows import WindowPredictor
 from ovseg_jax.methods.mask2former import data, setup
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from ovseg_jax.train import config_checks, fit, progress, sharding, workdir as workdirs
+from ovseg_jax.train import config_checks, fit, sharding, workdir as workdirs
 
 NAME = "Mask2Former"
 
@@ -56,13 +56,8 @@ def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, name:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any, step: int
              ) -> list[dict[str, Any]]:
-  roots = engine.training_data_roots(config)
-  if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
-    progress.log("evaluation: set the dataset roots in config.eval.datasets (e.g. --config.eval.datasets.0.root=...) "
-                 "and run `python -m ovseg_jax.evaluate --config=<this config> --workdir=WORKDIR`.")
-    return []
-  return engine.evaluate_suite(config.eval, candidates(model, params, config), workdir, f"{NAME} at step {step}",
-                               roots, extra={"step": step})
+  """The eval suite of `config.eval` on the model (`engine.evaluate_run`)."""
+  return engine.evaluate_run(config, candidates(model, params, config), workdir, f"{NAME} at step {step}", step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:

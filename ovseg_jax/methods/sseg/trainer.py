@@ -13,7 +13,7 @@ import ml_collections
 from ovseg_jax.eval import engine
 from ovseg_jax.eval.open_vocabulary import ClipSetup, open_vocabulary_predictor
 from ovseg_jax.methods.sseg import data, setup
-from ovseg_jax.train import config_checks, fit, progress, sharding, workdir as workdirs
+from ovseg_jax.train import config_checks, fit, sharding, workdir as workdirs
 
 NAME = "S-Seg"
 
@@ -56,14 +56,8 @@ def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, class
 
 def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any, step: int
              ) -> list[dict[str, Any]]:
-  """The eval suite of `config.eval` on the model; skipped (with the command to run) when no dataset has a root."""
-  roots = engine.training_data_roots(config)
-  if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
-    progress.log("evaluation: set the dataset roots in config.eval.datasets, or run `python -m ovseg_jax.evaluate "
-                 "--config=configs/eval_suite.py --checkpoint=WORKDIR` with them.")
-    return []
-  return engine.evaluate_suite(config.eval, candidates(model, params, config), workdir,
-                               f"{NAME} at step {step}", roots, extra={"step": step})
+  """The eval suite of `config.eval` on the model (`engine.evaluate_run`)."""
+  return engine.evaluate_run(config, candidates(model, params, config), workdir, f"{NAME} at step {step}", step)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
