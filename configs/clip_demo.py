@@ -7,6 +7,8 @@ the demo's held-out object regions. `:tiny` is a seconds-long smoke run.
 """
 import ml_collections
 
+from configs import sseg_demo
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
@@ -20,20 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_train_minutes = 0.0  # A fixed number of steps on every machine.
   c.log_every_steps = 50
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "demo"  # 'demo' generates scenes; 'shards' reads webdataset tars from data.shards.
-  c.data.demo_root = "~/.cache/ovseg_jax/demo"
-  c.data.shards = ""
-  c.data.image_size = 64
-  c.data.num_train = 12000
-  c.data.num_eval = 300
-  c.data.num_tune = 150
-  c.data.crop_scale = (0.6, 1.0)
+  # The S-Seg demo's data section: the same generated scenes and captions (one cache).
+  c.data = ml_collections.ConfigDict(sseg_demo.get_config().data.to_dict())
   c.data.flip = True
-  c.data.shuffle_buffer = 2000
-  c.data.context_length = 32
-  c.data.text = "caption"
-  c.data.num_prompts = 3
 
   # models/clip.py's ClipArchitecture; a file or workdir in init.clip must have the same.
   c.model = ml_collections.ConfigDict(dict(
