@@ -75,6 +75,10 @@ def paper_config(arg: str | None, shards: str | tuple[str, ...], num_examples: i
   c.pseudo_masks.init = "kmeans++"
   c.pseudo_masks.cell = 4  # Only for features='pixels'.
   c.pseudo_masks.position_weight = 0.0
+  # 'online': K-means in every step on each crop (the paper); 'stored': read the maps that
+  # `python -m ovseg_jax.store_pseudo_masks` computed once per whole image (squashed to store_size; 0: image_size).
+  c.pseudo_masks.source = "online"
+  c.pseudo_masks.store_size = 0
 
   c.loss = ml_collections.ConfigDict(dict(weight_focal=20.0, weight_dice=1.0, weight_mask=1.0,
                                           weight_contrastive=1.0, aux_layers=True, empty_unmatched_weight=0.0))

@@ -69,6 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo_masks.position_weight = 0.1
   c.pseudo_masks.dino_checkpoint = ""
   c.pseudo_masks.dino_num_heads = 0  # 0: width / 64, as in every released DINO ViT.
+  # 'online': K-means in every step on each crop (the paper); 'stored': read the maps that
+  # `python -m ovseg_jax.store_pseudo_masks` computed once per whole image (squashed to store_size; 0: image_size).
+  c.pseudo_masks.source = "online"
+  c.pseudo_masks.store_size = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.weight_focal = 20.0

@@ -31,6 +31,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from data_pipelines import pseudo_mask_shards
 from data_pipelines import shards as shards_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -76,6 +77,7 @@ def make_image_text_iterator(
     with_keys: bool = False,
     position: ReadPosition | None = None,
     stats: shards_lib.SkipStats | None = None,
+    pseudo_mask_grid: tuple[int, int] | None = None,
 ) -> tuple[Iterator[dict[str, np.ndarray]], shards_lib.SkipStats]:
   """Endless host batches `{'image': uint8 [b, S, S, 3], 'tokens': int32 [b, L]}` (or [b, T, L] with T =
   `texts_per_sample` > 1) and their skip counts.
@@ -104,6 +106,10 @@ def make_image_text_iterator(
     with_keys: add 'key': the samples' webdataset keys (bytes objects), e.g. for debugging.
     position: where to start (overrides `start_epoch`); updated in place while reading, for checkpoints.
     stats: counts to add the skips to (shared by the sources of a mixture); a new one by default.
+    pseudo_mask_grid: (h, w): also read each shard's stored pseudo masks (`pseudo_mask_shards`) and add
+      'pseudo_labels' uint8 [b, h, w], the stored cluster map under the sample's crop window, flipped with it
+      (each output cell takes the stored cell holding its centre). Samples without one are skipped and counted
+      as 'no_pseudo_mask'; a shard without a companion file stops the run with the command that writes them.
 
   Returns:
     The batch iterator, and the `SkipStats` it updates while running.
@@ -125,6 +131,8 @@ def make_image_text_iterator(
   token_shape = [context_length] if texts_per_sample == 1 else [texts_per_sample, context_length]
   signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string),
                tf.TensorSpec([None, *token_shape], tf.int32), tf.TensorSpec([None], tf.int64))
+  if pseudo_mask_grid is not None:
+    signature += (tf.TensorSpec([None], tf.string),)
   options = tf.data.Options()
   options.deterministic = deterministic
 
@@ -155,7 +163,8 @@ def make_image_text_iterator(
 
       def shard_by_shard():
         for done, shard in enumerate(epoch_shards[skip:], skip + 1):
-          yield from shards_lib.iterate_samples([shard], stats)
+          samples = shards_lib.iterate_samples([shard], stats)
+          yield from samples if pseudo_mask_grid is None else _with_stored_masks(samples, shard, stats)
           if position is not None:
             position.shards_done = done
 
@@ -166,15 +175,15 @@ def make_image_text_iterator(
           stream = shard_by_shard()
           while chunk := list(itertools.islice(stream, _GENERATOR_CHUNK)):
             if caption_fn is not None:
-              chunk = [(key, image, caption_fn(caption)) for key, image, caption in chunk]
+              chunk = [(key, image, caption_fn(caption), *rest) for key, image, caption, *rest in chunk]
               kept = [sample for sample in chunk if (sample[2][0] if isinstance(sample[2], tuple) else sample[2])]
               if len(kept) < len(chunk):
                 stats.add('no_text_after_cleaning', len(chunk) - len(kept))
               if not (chunk := kept):
                 continue
-            keys, images, captions = zip(*chunk)
+            keys, images, captions, *stored_masks = zip(*chunk)
             yield (np.array(keys, object), np.array(images, object), np.stack([sample_tokens(c) for c in captions]),
-                   np.arange(emitted, emitted + len(chunk)))
+                   np.arange(emitted, emitted + len(chunk)), *(np.array(m, object) for m in stored_masks))
             emitted += len(chunk)
         except Exception as e:
           failures.append(e)
@@ -183,7 +192,8 @@ def make_image_text_iterator(
       if shuffle_buffer > 1:
         dataset = dataset.shuffle(shuffle_buffer, seed=int(sample_seed))
       augment = functools.partial(_decode_and_augment, sample_seed=int(sample_seed), image_size=image_size,
-                                  crop_scale=crop_scale, flip=flip, with_keys=with_keys)
+                                  crop_scale=crop_scale, flip=flip, with_keys=with_keys,
+                                  pseudo_mask_grid=pseudo_mask_grid)
       dataset = dataset.map(augment, num_parallel_calls=num_parallel_calls).ignore_errors()
       # Batched without drop_remainder so every sample that arrives is counted (see docstring).
       dataset = dataset.batch(batch_size).prefetch(prefetch).with_options(options)
@@ -208,8 +218,34 @@ def make_image_text_iterator(
   return batches(), stats
 
 
-def _decode_and_augment(key, image_bytes, tokens, index, *, sample_seed: int, image_size: int,
-                        crop_scale: tuple[float, float], flip: bool, with_keys: bool):
+def _with_stored_masks(samples: Iterator[tuple[str, bytes, str]], shard: str, stats: shards_lib.SkipStats
+                       ) -> Iterator[tuple[str, bytes, str, bytes]]:
+  stored = pseudo_mask_shards.read_companion(shard)
+  for key, image, caption in samples:
+    if key in stored:
+      yield key, image, caption, stored[key]
+    else:
+      stats.add('no_pseudo_mask')
+
+
+def _stored_labels_under_crop(png, begin, size, full_hw, grid_hw: tuple[int, int]):
+  """The stored cluster map [h', w'] of the whole image -> [h, w] cells of the crop window: each output cell
+  takes the stored cell that holds its centre."""
+  labels = tf.io.decode_png(png, channels=1)[..., 0]
+  stored_hw = tf.cast(tf.shape(labels), tf.float64)
+
+  def cells(axis):
+    count = grid_hw[axis]
+    centres = tf.cast(begin[axis], tf.float64) + (tf.range(count, dtype=tf.float64) + 0.5) * tf.cast(
+        size[axis], tf.float64) / count
+    index = tf.cast(tf.floor(centres * stored_hw[axis] / tf.cast(full_hw[axis], tf.float64)), tf.int32)
+    return tf.clip_by_value(index, 0, tf.shape(labels)[axis] - 1)
+  return tf.gather(tf.gather(labels, cells(0)), cells(1), axis=1)
+
+
+def _decode_and_augment(key, image_bytes, tokens, index, pseudo_png=None, *, sample_seed: int, image_size: int,
+                        crop_scale: tuple[float, float], flip: bool, with_keys: bool,
+                        pseudo_mask_grid: tuple[int, int] | None):
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(
       tf.stack([tf.constant(sample_seed, tf.int64), index]), 2))
 
@@ -221,17 +257,20 @@ def _decode_and_augment(key, image_bytes, tokens, index, *, sample_seed: int, im
     return begin, size
 
   def jpeg():  # Decodes only the crop window: the cheap path for nearly all web images.
-    begin, size = crop_window(tf.image.extract_jpeg_shape(image_bytes))
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    begin, size = crop_window(shape)
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     # The accurate integer DCT cost no more than TF's default fast one here, and matches PIL.
-    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method='INTEGER_ACCURATE')
+    return (tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method='INTEGER_ACCURATE'),
+            begin, size, shape)
 
   def other():
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    begin, size = crop_window(tf.shape(image))
-    return tf.slice(image, begin, size)
+    shape = tf.shape(image)
+    begin, size = crop_window(shape)
+    return tf.slice(image, begin, size), begin, size, shape
 
-  image = tf.cond(tf.strings.substr(image_bytes, 0, 2) == _JPEG_SOI, jpeg, other)
+  image, begin, size, full_shape = tf.cond(tf.strings.substr(image_bytes, 0, 2) == _JPEG_SOI, jpeg, other)
   # Shrinking averages the covered area (no aliasing); it ran 1.5-1.8x faster end to end than antialiased
   # bilinear (benchmarks/README.md). Enlarged crops are interpolated bilinearly.
   resize = functools.partial(tf.image.resize, size=[image_size, image_size])
@@ -240,6 +279,11 @@ def _decode_and_augment(key, image_bytes, tokens, index, *, sample_seed: int, im
   if flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   batch = {'image': tf.saturate_cast(tf.round(image), tf.uint8), 'tokens': tokens}
+  if pseudo_mask_grid is not None:
+    labels = _stored_labels_under_crop(pseudo_png, begin, size, full_shape, pseudo_mask_grid)[..., None]
+    if flip:  # The same seed and rank as the image's flip: the same decision.
+      labels = tf.image.stateless_random_flip_left_right(labels, flip_seed)
+    batch['pseudo_labels'] = labels[..., 0]
   if with_keys:
     batch['key'] = key
   return batch

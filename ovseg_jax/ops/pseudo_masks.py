@@ -169,6 +169,13 @@ def generate_pseudo_masks(images: jax.Array, *, num_clusters: int, num_iters: in
   return masks, jnp.any(masks > 0, axis=(2, 3))
 
 
+def masks_from_labels(labels: jax.Array, num_clusters: int) -> tuple[jax.Array, jax.Array]:
+  """Stored cluster maps uint8 [B, h, w] (255: no cluster) -> (masks float {0,1} [B, K, h, w], valid [B, K]),
+  the form `generate_pseudo_masks` returns."""
+  masks = (labels[:, None].astype(jnp.int32) == jnp.arange(num_clusters)[None, :, None, None]).astype(jnp.float32)
+  return masks, jnp.any(masks > 0, axis=(2, 3))
+
+
 def resize_masks(masks: jax.Array, out_hw: tuple[int, int], method: str = "nearest") -> jax.Array:
   """Resizes pseudo masks [B, K, h, w] -> [B, K, H', W'] (to the prediction resolution).
 

@@ -11,6 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipelines import captions, demo_data, image_text, mixture, shards
+from ovseg_jax.methods.sseg.objective import stored_mask_grid
 from ovseg_jax.train import progress
 
 
@@ -62,5 +63,5 @@ def host_batches(config: ml_collections.ConfigDict, data_position: dict[str, Any
       seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
       crop_scale=tuple(config.data.crop_scale), flip=config.data.get("flip", True),
       context_length=config.data.context_length,
-      **_text_options(config))
+      pseudo_mask_grid=stored_mask_grid(config.pseudo_masks, config.data.image_size), **_text_options(config))
   return batches, skip_stats.as_metrics, lambda: all_read_positions(positions)

@@ -20,6 +20,23 @@ from ovseg_jax.ops import pseudo_masks
 from ovseg_jax.ops.normalize import normalize_images
 
 
+# Pixels per feature cell of the paper's DINO ViT-S/8: the grid stored pseudo masks are sampled at for training.
+_DINO_STRIDE = 8
+
+
+def stored_mask_grid(cfg: ml_collections.ConfigDict, image_size: int) -> tuple[int, int] | None:
+  """The (h, w) grid at which a training crop reads stored pseudo masks (the grid online K-means would use);
+  None when they are computed online."""
+  source = cfg.get("source", "online")
+  if source == "online":
+    return None
+  if source != "stored":
+    raise ValueError(f"pseudo_masks.source={source!r}: use 'online' (computed in the train step) or 'stored' "
+                     "(written once by `python -m ovseg_jax.store_pseudo_masks`).")
+  grid = image_size // (cfg.cell if cfg.features == "pixels" else _DINO_STRIDE)
+  return grid, grid
+
+
 def make_pseudo_mask_fn(cfg: ml_collections.ConfigDict, image_size: int,
                         dino: Any | None = None) -> Callable[[jax.Array, jax.Array, Any], tuple]:
   """Returns `fn(images_uint8, key, dino_params) -> (masks [B,K,h,w], valid [B,K])` for the configured feature
@@ -94,7 +111,10 @@ def sseg_loss(params: Any, model: Any, batch: dict[str, jax.Array], key: jax.Arr
   split over the batch, so K-means and the matcher run locally on each device.
   """
   mask_key, dropout_key = jax.random.split(key)
-  targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key, dino_params))
+  if "pseudo_labels" in batch:  # Stored once per image (`store_pseudo_masks`), cropped with the image.
+    targets, valid = pseudo_masks.masks_from_labels(batch["pseudo_labels"], cfg.pseudo_masks.num_clusters)
+  else:
+    targets, valid = jax.lax.stop_gradient(pseudo_mask_fn(batch["image"], mask_key, dino_params))
   targets, valid = constrain(targets), constrain(valid)
   tokens = batch["tokens"]  # [B, L], or [B, 1 + K, L]: the caption, then K noun prompts (multi-label).
   out = model.apply({"params": params}, normalize_images(batch["image"]), tokens if tokens.ndim == 2 else tokens[:, 0],

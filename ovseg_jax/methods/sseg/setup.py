@@ -23,9 +23,9 @@ from ovseg_jax.weights.backbones import read_backbone_checkpoint
 
 def pseudo_mask_dino(pm: ml_collections.ConfigDict, abstract: bool = False) -> tuple[Any, Any] | None:
   """The frozen DINO of `pseudo_masks.dino_checkpoint`: a file or directory, or 'random:S/8' (random weights
-  of the real size, for compile tests and benchmarks); None for pixel features. With `abstract`, the released
-  ViT-S/8's shapes only (nothing read or allocated)."""
-  if pm.features != "dino":
+  of the real size, for compile tests and benchmarks); None for pixel features and for stored pseudo masks. With
+  `abstract`, the released ViT-S/8's shapes only (nothing read or allocated)."""
+  if pm.features != "dino" or objective.stored_mask_grid(pm, 1) is not None:
     return None
   if abstract:
     module = dino_of_size("S/8")
@@ -50,15 +50,21 @@ def batch_spec(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, 
   size, length = config.data.image_size, config.data.context_length
   tokens = (batch_size, 1 + config.data.num_prompts, length) if config.data.get("text") == "multi_label" \
       else (batch_size, length)
-  return {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
+  spec = {"image": jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.uint8),
           "tokens": jax.ShapeDtypeStruct(tokens, jnp.int32)}
+  grid = objective.stored_mask_grid(config.pseudo_masks, size)
+  if grid is not None:
+    spec["pseudo_labels"] = jax.ShapeDtypeStruct((batch_size, *grid), jnp.uint8)
+  return spec
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: Any, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: jax.sharding.Mesh, state_shardings: Any, dino_module: Any = None):
   """The S-Seg step `(state, batch, key, dino_params)`: pseudo masks, matching, mask and contrastive losses,
   AdamW, in one jitted call."""
-  pseudo_mask_fn = objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size, dino_module)
+  stored = objective.stored_mask_grid(config.pseudo_masks, config.data.image_size) is not None
+  pseudo_mask_fn = None if stored else objective.make_pseudo_mask_fn(config.pseudo_masks, config.data.image_size,
+                                                                     dino_module)
   constrain = sharding.batch_constraint(mesh)
 
   def loss_fn(params, batch, key, dino_params):
