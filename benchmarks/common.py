@@ -55,6 +55,8 @@ def random_batch(trainable, batch: int) -> dict[str, np.ndarray]:
       tokens = np.zeros(spec.shape, np.int32)
       tokens[..., :4] = [49406, 320, 1929, 49407]  # SOT "a photo" EOT.
       out[name] = tokens
+    elif name == "pseudo_labels":  # Stored K-means maps: cluster ids of the paper's K = 8.
+      out[name] = rng.integers(0, 8, spec.shape).astype(spec.dtype)
     else:
       high = 256 if spec.dtype == np.uint8 else 2
       out[name] = rng.integers(0, high, spec.shape).astype(spec.dtype)
