@@ -47,9 +47,32 @@ def resize_nearest(label: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.
   return tf.gather(tf.gather(label, sources(height, shape[0]), axis=0), sources(width, shape[1]), axis=1)
 
 
+def resized_window(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor, box: tuple[tf.Tensor, ...]) -> tf.Tensor:
+  """Window (y, x, h, w) of the image resized to (height, width) as PIL's BILINEAR resizes: antialiased when
+  shrinking; when enlarging, plain bilinear with half-pixel centres computed for the window's pixels alone, by
+  crop_and_resize on the image padded with its edge pixels (which clamps the taps at the borders)."""
+  y, x, ch, cw = box
+  pixels = tf.cast(image, tf.float32)
+
+  def shrink():
+    return tf.image.resize(pixels, tf.stack([height, width]), "bilinear", antialias=True)[y:y + ch, x:x + cw]
+
+  def enlarge():
+    padded = tf.pad(pixels, [[1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+
+    def span(start, count, out, size):  # Normalised first and last source coordinates in the padded image.
+      scale = tf.cast(size, tf.float32) / tf.cast(out, tf.float32)
+      first = (tf.cast(start, tf.float32) + 0.5) * scale - 0.5 + 1.0
+      return tf.stack([first, first + tf.cast(count - 1, tf.float32) * scale]) / tf.cast(size + 1, tf.float32)
+    rows, columns = span(y, ch, height, tf.shape(image)[0]), span(x, cw, width, tf.shape(image)[1])
+    boxes = tf.stack([rows[0], columns[0], rows[1], columns[1]])[None]
+    return tf.image.crop_and_resize(padded[None], boxes, [0], tf.stack([ch, cw]))[0]
+  shrinking = tf.logical_or(height < tf.shape(image)[0], width < tf.shape(image)[1])
+  return tf.cast(tf.round(tf.clip_by_value(tf.cond(shrinking, shrink, enlarge), 0, 255)), tf.uint8)
+
+
 def resize_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-  resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([height, width]), "bilinear", antialias=True)
-  return tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)
+  return resized_window(image, height, width, (0, 0, height, width))
 
 
 def crop_acceptable(window: tf.Tensor, spec: CropSpec) -> tf.Tensor:
@@ -119,9 +142,9 @@ def augment(image: tf.Tensor, label: tf.Tensor, spec: CropSpec, seed: tf.Tensor,
             photometric: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
   """uint8 image [H, W, 3] and int32 class ids [H, W] -> a (crop_size, crop_size) training crop of both."""
   height, width = rescaled_size(tf.shape(label)[0], tf.shape(label)[1], spec, seed)
-  image, label = resize_image(image, height, width), resize_nearest(label, height, width)
+  label = resize_nearest(label, height, width)
   y, x, ch, cw = crop_box(label, spec, seed)
-  image, label = image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+  image, label = resized_window(image, height, width, (y, x, ch, cw)), label[y:y + ch, x:x + cw]
   flip = _uniform(seed, _FLIP) < 0.5
   image, label = tf.cond(flip, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
   if photometric:
@@ -133,16 +156,14 @@ def semantic_targets(label: tf.Tensor, max_targets: int, ignore_index: int) -> t
   """Class ids [S, S] -> (segments int32 [S, S]: each pixel's target index, -1 where ignored or dropped;
   classes int32 [max_targets], -1 padded): one target per class present, the `max_targets` largest kept (ties
   to the lower id), in class order; as `methods.mask2former.data.semantic_targets` does in numpy."""
-  ids, _, counts = tf.unique_with_counts(tf.boolean_mask(label, label != ignore_index))
-  order = tf.argsort(ids)
-  ids, counts = tf.gather(ids, order), tf.gather(counts, order)
-  keep = tf.sort(tf.gather(ids, tf.argsort(-counts, stable=True)[:max_targets]))
-  padded = tf.pad(keep, [[0, max_targets - tf.size(keep)]], constant_values=tf.int32.max)
-  index = tf.minimum(tf.searchsorted(padded, tf.reshape(label, [-1])), max_targets - 1)
-  index = tf.reshape(index, tf.shape(label))
-  segments = tf.where((tf.gather(padded, index) == label) & (label != ignore_index), index, -1)
-  classes = tf.where(padded == tf.int32.max, -1, padded)
-  return segments, classes
+  size = tf.maximum(tf.reduce_max(label), ignore_index) + 1
+  counts = tf.math.bincount(tf.reshape(label, [-1]), minlength=size, maxlength=size)
+  counts = tf.tensor_scatter_nd_update(counts, [[ignore_index]], [0])
+  largest, ids = tf.math.top_k(counts, k=tf.minimum(max_targets, size))  # Ties: the lower id first.
+  keep = tf.sort(tf.boolean_mask(ids, largest > 0))
+  table = tf.tensor_scatter_nd_update(tf.fill([size], -1), keep[:, None], tf.range(tf.size(keep)))
+  classes = tf.pad(keep, [[0, max_targets - tf.size(keep)]], constant_values=-1)
+  return tf.gather(table, label), classes
 
 
 def binary_masks(segments: tf.Tensor, max_targets: int) -> tf.Tensor:

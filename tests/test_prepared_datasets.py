@@ -244,3 +244,17 @@ def test_examples_that_fail_to_decode_are_skipped_and_counted(tmp_path):
   counts, position = pipeline.counts(), pipeline.position()
   assert _ids("train", 4)[2] not in keys and counts["examples"] == 6 and counts["skipped"] >= 1
   assert 4 * position["epoch"] + position["offset"] == counts["examples"] + counts["skipped"]
+
+
+def test_prepare_command_prepares_a_named_dataset(prepared, tmp_path):
+  import subprocess
+  import sys
+  roots, _ = prepared
+  command = [sys.executable, "-m", "data_pipelines.prepare", "context60", f"--manual_dir={roots['context60']}",
+             f"--data_dir={tmp_path}"]
+  result = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert store.find(tmp_path, "context60") is not None
+  mixed = subprocess.run(command + ["--root=/data"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert mixed.returncode != 0 and "--manual_dir=DIR --data_dir=DIR" in mixed.stdout + mixed.stderr

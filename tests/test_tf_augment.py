@@ -126,3 +126,12 @@ def test_photometric_distortion_is_seeded_and_stays_in_range():
   assert sum(not np.array_equal(o, image.numpy()) for o in outputs) >= 6  # All four skipped: 1 in 16.
   brightness = [np.mean(o.astype(float) - image.numpy()) for o in outputs]
   assert max(np.abs(brightness)) <= 255 and len({round(b, 3) for b in brightness}) > 4
+
+
+def test_an_enlarged_window_equals_the_window_of_the_enlarged_image():
+  image = _smooth_image(23, 31)
+  whole = tf.image.resize(tf.constant(image, tf.float32), [50, 67], "bilinear").numpy()
+  for y, x, h, w in ((0, 0, 50, 67), (7, 11, 20, 30), (49, 66, 1, 1), (30, 0, 20, 9)):
+    window = tf_augment.resized_window(tf.constant(image), 50, 67, (y, x, h, w)).numpy()
+    expected = np.round(np.clip(whole[y:y + h, x:x + w], 0, 255))
+    assert np.abs(window - expected).max() <= 1
