@@ -4,8 +4,9 @@ The rules are those of `data_pipelines.segmentation_crops` (mmseg's resize by a 
 shortest-edge resize; a crop redrawn up to ten times while one class covers `cat_max_ratio` or more of its
 labelled pixels; a horizontal flip; padding to the crop size with 0 and the ignore label), plus the photometric
 distortion of mmseg's PhotoMetricDistortion / detectron2's ColorAugSSDTransform. Sizes follow the same float64
-arithmetic, labels are resized by PIL's nearest rule (source pixel floor((x + 0.5) * in / out)), images by
-antialiased bilinear resizing (PIL's BILINEAR up to rounding). Randomness is stateless: one [2] seed per example.
+arithmetic, labels are resized by PIL's nearest rule (source pixel floor((x + 0.5) * in / out)), images as PIL's
+BILINEAR resizes them (antialiased when shrinking), up to rounding. Randomness is stateless: one [2] seed per
+example.
 """
 from __future__ import annotations
 

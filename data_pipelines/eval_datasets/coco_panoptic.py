@@ -39,7 +39,7 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 
 
 class CocoPanoptic:
-  """A split's examples in the order of the JSON's annotations; `categories`: id -> {"name", "isthing"}."""
+  """A split's examples sorted by file name; `categories`: id -> {"name", "isthing"}."""
 
   def __init__(self, root: str | Path, split: str = "val"):
     self.root = Path(root).expanduser()
