@@ -351,6 +351,11 @@ def main(argv) -> None:
     with tempfile.TemporaryDirectory() as tmp:
       paths = input_pipeline.write_shards(Path(tmp), 1000)
       rows.append({"what": "input pipeline, 224 px crops (tf.data)", "img/s": input_pipeline.tfdata_rate(paths, 64, 1000)})
+      rates = input_pipeline.supervised_rates(Path(tmp), 64, 8)
+      rows.append({"what": "supervised segmentation input, 640 px crops + targets (tf.data, prepared dataset)",
+                   "img/s": rates["tf.data"], "vs Python/PIL": rates["tf.data"] / rates["python"]})
+      rows.append({"what": "supervised segmentation input, 640 px crops + targets (Python/PIL loop)",
+                   "img/s": rates["python"]})
   if "eval" in sections:
     rows.append(eval_row(sseg_demo.get_config()))
   if ceiling_gflops:

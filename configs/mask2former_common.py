@@ -24,13 +24,19 @@ def semantic(class_names: tuple[str, ...], crop_size: int, short_sides: tuple[in
   c.data.class_names = class_names  # The label ids' names, as the dataset reader lists them.
   c.data.unseen_classes = ()  # Held out of training: their pixels are ignored.
   # INPUT: MIN_SIZE_TRAIN (short side chosen from these), MAX_SIZE_TRAIN, CROP.SIZE, SINGLE_CATEGORY_MAX_AREA.
-  # COLOR_AUG_SSD (photometric distortion) is not applied.
+  # COLOR_AUG_SSD (photometric distortion) is data.photometric, applied by the tf.data pipeline only.
   c.data.crop_size = crop_size
   c.data.short_sides = short_sides
   c.data.max_size = max_size
   c.data.cat_max_ratio = 1.0
   c.data.max_targets = 64  # Classes per crop kept as targets (padding for static shapes).
   c.data.workers = 8
+  # A dataset prepared as TensorFlow Datasets (`python -m data_pipelines.prepare NAME --manual_dir --data_dir`),
+  # read by tf.data on every host instead of data.dataset's files: its name and data dir.
+  c.data.tfds_name = ""
+  c.data.tfds_dir = ""
+  c.data.shuffle_buffer = 1024
+  c.data.photometric = False  # INPUT.COLOR_AUG_SSD (only with tfds_name).
 
   c.model = ml_collections.ConfigDict()
   # MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl: set checkpoint to that file (or a

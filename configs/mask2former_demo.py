@@ -26,8 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   short_sides=(48, 56, 64, 72, 80, 96), max_size=0, batch_size=32, total_steps=600)
   c.max_train_minutes = 0.0  # A fixed number of steps on every machine.
   # The demo cache of configs/sseg_demo.py (same scenes); the first `num_labelled` training scenes with labels.
+  # Read through the tf.data pipeline: the labelled scenes are prepared as TensorFlow Datasets into WORKDIR/data.
   c.data.update(source="demo", demo_root="~/.cache/ovseg_jax/demo", image_size=64, num_train=12000, num_eval=300,
-                num_tune=150, num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2)
+                num_tune=150, num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2, tfds_name="demo")
   c.model.backbone = ml_collections.ConfigDict(dict(
       depths=(1, 1, 2, 1), stem_width=32, bottleneck_widths=(32, 48, 64, 96), out_channels=(64, 96, 128, 192)))
   c.model.pixel_decoder.update(conv_dim=64, mask_dim=64, num_layers=2, num_heads=4, ffn_dim=256, num_groups=8)

@@ -1,8 +1,14 @@
-r"""Standard conversions of raw benchmark downloads into the layouts the evaluation readers take.
+r"""Standard conversions of raw benchmark downloads into the layouts the evaluation readers take, and the
+preparation of those layouts as TensorFlow Datasets.
 
   python -m data_pipelines.prepare coco_stuff --root=/data/coco      # raw COCO-Stuff maps -> 171 ids
   python -m data_pipelines.prepare cityscapes --root=/data/cityscapes  # labelIds -> labelTrainIds PNGs
   python -m data_pipelines.prepare pascal_context --root=/data/VOCdevkit/VOC2010  # .mat -> 60 and 459 ids
+  python -m data_pipelines.prepare ade150 --manual_dir=/data/ADEChallengeData2016 --data_dir=gs://bucket/tfds
+
+With `--manual_dir` and `--data_dir`, NAME is a prepared dataset (`data_pipelines/prepared`: coco_stuff, ade150,
+ade847, context59, context60, context459, voc, cityscapes, coco_panoptic, demo): the directory reader's layout
+under the manual dir is written once as sharded TFRecord files under DATA_DIR/NAME/VERSION (local or gs://).
 
 `coco_stuff` reads ROOT/stuffthingmaps_trainval2017/{train,val}2017/*.png (the COCO-Stuff release: category
 id - 1 per pixel) and writes ROOT/stuffthingmaps_detectron2/{train,val}2017/*.png with the 171 contiguous ids
@@ -31,7 +37,10 @@ from PIL import Image
 from data_pipelines.eval_datasets import cityscapes, coco, pascal_context
 from data_pipelines.eval_datasets.files import read_label
 
-ROOT = flags.DEFINE_string("root", None, "The dataset's root directory.")
+ROOT = flags.DEFINE_string("root", None, "The dataset's root directory (label conversions).")
+MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The dataset's root directory, as its reader takes it "
+                                 "(TFDS preparation).")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the prepared dataset is written (local or gs://).")
 
 
 _FORMATS = {".png": "PNG", ".tif": "TIFF"}
@@ -130,14 +139,24 @@ CONVERSIONS: dict[str, Callable[[Path], dict[str, int]]] = {"coco_stuff": prepar
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in CONVERSIONS:
-    raise app.UsageError(f"usage: python -m data_pipelines.prepare {{{','.join(CONVERSIONS)}}} --root=DIR")
+  usage = (f"usage: python -m data_pipelines.prepare {{{','.join(CONVERSIONS)}}} --root=DIR, or python -m "
+           "data_pipelines.prepare NAME --manual_dir=DIR --data_dir=DIR (NAME: see data_pipelines/prepared)")
+  tfds_flags = MANUAL_DIR.value is not None or DATA_DIR.value is not None
+  if len(argv) != 2 or tfds_flags == (ROOT.value is not None):
+    raise app.UsageError(usage)
   try:
-    CONVERSIONS[argv[1]](Path(ROOT.value).expanduser())
+    if ROOT.value is not None:
+      if argv[1] not in CONVERSIONS:
+        raise app.UsageError(usage)
+      CONVERSIONS[argv[1]](Path(ROOT.value).expanduser())
+    elif MANUAL_DIR.value is None or DATA_DIR.value is None:
+      raise app.UsageError(usage)
+    else:
+      from data_pipelines.prepared import store
+      store.prepare(argv[1], Path(MANUAL_DIR.value).expanduser(), DATA_DIR.value)
   except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("root")
   app.run(main)

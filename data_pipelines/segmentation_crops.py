@@ -58,14 +58,18 @@ def _rescale(image: np.ndarray, label: np.ndarray, spec: CropSpec,
   return image, label
 
 
+def crop_acceptable(window: np.ndarray, spec: CropSpec) -> bool:
+  """The category-area rule: at least two classes, none covering `cat_max_ratio` of the labelled pixels."""
+  _, counts = np.unique(window[window != spec.ignore_index], return_counts=True)
+  return spec.cat_max_ratio >= 1 or (len(counts) > 1 and counts.max() / counts.sum() < spec.cat_max_ratio)
+
+
 def _crop_box(label: np.ndarray, spec: CropSpec, rng: np.random.Generator) -> tuple[int, int, int, int]:
   h, w = label.shape
   ch, cw = min(spec.crop_size, h), min(spec.crop_size, w)
   for _ in range(10):
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    window = label[y:y + ch, x:x + cw]
-    _, counts = np.unique(window[window != spec.ignore_index], return_counts=True)
-    if spec.cat_max_ratio >= 1 or (len(counts) > 1 and counts.max() / counts.sum() < spec.cat_max_ratio):
+    if crop_acceptable(label[y:y + ch, x:x + cw], spec):
       break
   return y, x, ch, cw
 

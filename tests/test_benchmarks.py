@@ -15,6 +15,14 @@ def test_generated_shards_are_valid_training_samples(tmp_path):
   assert len(samples) == 7 and stats.counts == {}
 
 
+def test_generated_segmentation_root_is_an_ade150_layout(tmp_path):
+  from data_pipelines import eval_datasets
+  input_pipeline.write_segmentation_root(tmp_path, 2)
+  example = eval_datasets.load("ade150", tmp_path, "train").example(1)
+  assert example.image.shape == (480, 640, 3) and example.label.shape == (480, 640)
+  assert len(np.unique(example.label)) > 10
+
+
 def test_pil_crop_matches_the_training_crop_contract():
   from PIL import Image
   image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))

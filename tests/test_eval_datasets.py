@@ -8,27 +8,9 @@ from PIL import Image
 from data_pipelines import eval_datasets
 from data_pipelines.eval_datasets import coco, pascal_context, voc
 from data_pipelines.eval_datasets.files import read_label
+from dataset_layouts import write_grey_png, write_image, write_palette_png, write_uint16_tif
 
 RNG = np.random.default_rng(0)
-
-
-def _image(path: Path, hw=(6, 8)) -> np.ndarray:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  pixels = RNG.integers(0, 255, (*hw, 3), dtype=np.uint8)
-  Image.fromarray(pixels).save(path, quality=100)
-  return np.asarray(Image.open(path).convert("RGB"))
-
-
-def _palette_png(path: Path, label: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image = Image.fromarray(label.astype(np.uint8), mode="P")
-  image.putpalette(list(RNG.integers(0, 255, 768)))  # Colours must not matter: the indices are the labels.
-  image.save(path)
-
-
-def _grey_png(path: Path, label: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(label.astype(np.uint8), mode="L").save(path)
 
 
 @pytest.fixture
@@ -37,10 +19,10 @@ def voc_root(tmp_path):
   ids = ["2007_000033", "2007_000042"]
   labels = {}
   for i in ids:
-    _image(root / "JPEGImages" / f"{i}.jpg")
+    write_image(root / "JPEGImages" / f"{i}.jpg")
     label = RNG.integers(0, 21, (6, 8))
     label[0, 0] = 255
-    _palette_png(root / "SegmentationClass" / f"{i}.png", label)
+    write_palette_png(root / "SegmentationClass" / f"{i}.png", label)
     labels[i] = label
   (root / "ImageSets" / "Segmentation").mkdir(parents=True)
   (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
@@ -69,9 +51,9 @@ def test_voc20_ignores_background(voc_root):
 
 def test_pascal_context_59_and_60(tmp_path):
   root = tmp_path / "VOC2010"
-  _image(root / "JPEGImages" / "2008_000002.jpg")
+  write_image(root / "JPEGImages" / "2008_000002.jpg")
   label = RNG.integers(0, 60, (6, 8))
-  _grey_png(root / "SegmentationClassContext" / "2008_000002.png", label)
+  write_grey_png(root / "SegmentationClassContext" / "2008_000002.png", label)
   (root / "ImageSets" / "SegmentationContext").mkdir(parents=True)
   (root / "ImageSets" / "SegmentationContext" / "val.txt").write_text("2008_000002\n")
   c59, c60 = pascal_context.context59(root), pascal_context.context60(root)
@@ -83,11 +65,11 @@ def test_pascal_context_59_and_60(tmp_path):
 
 def test_coco_object_makes_stuff_and_unlabelled_pixels_background_as_groupvit_converts(tmp_path):
   root = tmp_path / "coco"
-  _image(root / "val2017" / "000000000139.jpg", hw=(2, 5))
+  write_image(root / "val2017" / "000000000139.jpg", hw=(2, 5))
   # COCO-Stuff ids: person 0, toothbrush 79 (the last thing), banner 80 (the first stuff), wood 170, unlabelled 255.
   stuff_map = np.array([[0, 79, 80, 170, 255],
                         [255, 255, 56, 100, 0]])
-  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000139.png", stuff_map)
+  write_grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000139.png", stuff_map)
   dataset = eval_datasets.load("coco_object", root, "val")
   info = dataset.info
   assert info.num_classes == 81 and info.class_names[1] == "person" and info.class_names[80] == "toothbrush"
@@ -116,9 +98,9 @@ def test_rgb_label_images_are_refused(voc_root):
 
 def test_coco_stuff_171_and_its_zero_shot_split(tmp_path):
   root = tmp_path / "coco"
-  _image(root / "val2017" / "000000000285.jpg")
+  write_image(root / "val2017" / "000000000285.jpg")
   label = RNG.integers(0, 171, (6, 8))
-  _grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000285.png", label)
+  write_grey_png(root / "stuffthingmaps_detectron2" / "val2017" / "000000000285.png", label)
   dataset = eval_datasets.load("coco_stuff", root, "val")
   assert dataset.info.num_classes == 171 and len(dataset.info.unseen_classes) == 15
   assert len(dataset.info.seen_classes) == 156 and set(dataset.info.unseen_classes) <= set(dataset.info.class_names)
@@ -127,9 +109,9 @@ def test_coco_stuff_171_and_its_zero_shot_split(tmp_path):
 
 def test_ade150_reduces_the_zero_label(tmp_path):
   root = tmp_path / "ADEChallengeData2016"
-  _image(root / "images" / "validation" / "ADE_val_00000001.jpg")
+  write_image(root / "images" / "validation" / "ADE_val_00000001.jpg")
   label = RNG.integers(0, 151, (6, 8))
-  _grey_png(root / "annotations" / "validation" / "ADE_val_00000001.png", label)
+  write_grey_png(root / "annotations" / "validation" / "ADE_val_00000001.png", label)
   dataset = eval_datasets.load("ade150", root, "val")
   assert dataset.info.num_classes == 150
   np.testing.assert_array_equal(next(iter(dataset)).label, np.where(label == 0, 255, label - 1))
@@ -137,9 +119,9 @@ def test_ade150_reduces_the_zero_label(tmp_path):
 
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
   root = tmp_path / "cityscapes"
-  _image(root / "leftImg8bit" / "val" / "lindau" / "lindau_000000_000019_leftImg8bit.png")
+  write_image(root / "leftImg8bit" / "val" / "lindau" / "lindau_000000_000019_leftImg8bit.png")
   label = RNG.integers(0, 34, (6, 8))
-  _grey_png(root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png", label)
+  write_grey_png(root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png", label)
   dataset = eval_datasets.load("cityscapes", root, "val")
   example = next(iter(dataset))
   official = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
@@ -152,7 +134,7 @@ def test_prepare_coco_stuff_and_cityscapes_convert_once(tmp_path):
   from data_pipelines import prepare
   root = tmp_path / "coco"
   raw = np.array([[0, 11, 90, 91], [181, 182, 255, 79]])  # person, unused id 12, stuff id 92 (banner), ...
-  _grey_png(root / "stuffthingmaps_trainval2017" / "val2017" / "1.png", raw)
+  write_grey_png(root / "stuffthingmaps_trainval2017" / "val2017" / "1.png", raw)
   assert prepare.prepare_coco_stuff(root) == {"written": 1, "already_done": 0}
   out = np.asarray(Image.open(root / "stuffthingmaps_detectron2" / "val2017" / "1.png"))
   things = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -160,7 +142,7 @@ def test_prepare_coco_stuff_and_cityscapes_convert_once(tmp_path):
   assert out[1, 0] == 170 and out[1, 1] == 255 and out[1, 2] == 255 and out[1, 3] == things.index(80)
   assert prepare.prepare_coco_stuff(root) == {"written": 0, "already_done": 1}
   city = tmp_path / "cityscapes"
-  _grey_png(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelIds.png", np.array([[7, 33, 0]]))
+  write_grey_png(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelIds.png", np.array([[7, 33, 0]]))
   prepare.prepare_cityscapes(city)
   np.testing.assert_array_equal(
       np.asarray(Image.open(city / "gtFine" / "val" / "ulm" / "ulm_1_gtFine_labelTrainIds.png")), [[0, 18, 255]])
@@ -168,17 +150,12 @@ def test_prepare_coco_stuff_and_cityscapes_convert_once(tmp_path):
     prepare.prepare_coco_stuff(tmp_path / "empty")
 
 
-def _uint16_tif(path: Path, label: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(label.astype(np.uint16)).save(path)
-
-
 def test_context459_reads_uint16_labels_with_65535_ignored(tmp_path):
   root = tmp_path / "VOC2010"
-  _image(root / "JPEGImages" / "2008_000008.jpg")
+  write_image(root / "JPEGImages" / "2008_000008.jpg")
   label = RNG.integers(0, 459, (6, 8))
   label[0, :3] = [458, 300, 65535]
-  _uint16_tif(root / "annotations_detectron2" / "pc459_val" / "2008_000008.tif", label)
+  write_uint16_tif(root / "annotations_detectron2" / "pc459_val" / "2008_000008.tif", label)
   dataset = eval_datasets.load("context459", root, "val")
   example = next(iter(dataset))
   assert dataset.info.num_classes == 459 and dataset.info.ignore_index == 65535
@@ -190,10 +167,10 @@ def test_context459_reads_uint16_labels_with_65535_ignored(tmp_path):
 
 def test_ade847_reads_uint16_labels_and_comma_synonyms(tmp_path):
   root = tmp_path / "ADE20K_2021_17_01"
-  _image(root / "images_detectron2" / "validation" / "ADE_val_00000001.jpg")
+  write_image(root / "images_detectron2" / "validation" / "ADE_val_00000001.jpg")
   label = RNG.integers(0, 847, (6, 8))
   label[0, 0] = 65535
-  _uint16_tif(root / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif", label)
+  write_uint16_tif(root / "annotations_detectron2" / "validation" / "ADE_val_00000001.tif", label)
   dataset = eval_datasets.load("ade847", root, "val")
   np.testing.assert_array_equal(next(iter(dataset)).label, label)
   info = dataset.info
@@ -229,7 +206,7 @@ def test_prepare_pascal_context_from_the_release_mat_files(tmp_path):
     np.testing.assert_array_equal(read_label(root / "annotations_detectron2" / f"pc459_{split}" / f"{key}.tif"),
                                   np.where(raw == 0, 65535, raw - 1))
   assert (root / "ImageSets" / "SegmentationContext" / "train.txt").read_text() == "2008_000002\n"
-  _image(root / "JPEGImages" / "2008_000002.jpg", hw=(5, 7))
+  write_image(root / "JPEGImages" / "2008_000002.jpg", hw=(5, 7))
   c60 = eval_datasets.load("context60", root, "train")
   assert c60.info.class_names[mmseg_ids.index(2)] == "aeroplane" and next(iter(c60)).label[0, 1] == 1
   assert prepare.prepare_pascal_context(root) == {"written": 0, "already_done": 4}

@@ -226,13 +226,20 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny):
-  """(losses, state) of six steps on one batch (the step donates the initial state)."""
+def trained(tiny, tmp_path_factory):
+  """(losses, state) of six steps on one batch (the step donates the initial state); the batch read as the demo
+  config reads it: its labelled scenes prepared as TensorFlow Datasets in the workdir, through tf.data."""
+  from etils import epath
   from ovseg_jax.methods.mask2former import data
   from ovseg_jax.train import sharding
   config, trainable = tiny
-  batch = next(data.host_batches(config, 0))
+  assert config.data.tfds_name == "demo"
+  host_data = data.host_data(config, epath.Path(tmp_path_factory.mktemp("workdir")), None, 0)
+  batch = next(host_data.batches)
+  assert sorted(batch) == ["image", "segments", "target_classes"]
   assert batch["target_classes"].shape == (8, config.data.max_targets)
+  assert host_data.data_position() == {"supervised_positions": [[0, 8]]}
+  assert host_data.extra_scalars() == {"data/examples": 8, "data/skipped": 0}
   batch = sharding.host_batch_to_global(batch, sharding.make_mesh(config.mesh.axes))
   state, losses = trainable.state, []
   for _ in range(6):

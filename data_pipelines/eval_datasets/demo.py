@@ -17,7 +17,7 @@ class DemoDataset:
 
   def __init__(self, root: str | Path, split: str = "eval"):
     data = demo_data.load_labelled_split(Path(root).expanduser() / split)
-    self._data = data
+    self._data, self._dir = data, Path(root).expanduser() / split
     self.info = DatasetInfo(name="demo", class_names=tuple(data.class_names),
                             background_class=demo_data.BACKGROUND_CLASS, layout=LAYOUT)
 
@@ -27,3 +27,10 @@ class DemoDataset:
   def __iter__(self) -> Iterator[Example]:
     for key, image, label in zip(self._data.keys, self._data.images, self._data.labels):
       yield Example(key=key, image=image, label=label.astype(np.int32))
+
+  def image_files(self) -> list[tuple[str, Path]]:
+    """(key, image path) of every example."""
+    return [(key, self._dir / "images" / f"{key}.jpg") for key in self._data.keys]
+
+  def label(self, index: int) -> np.ndarray:
+    return self._data.labels[index].astype(np.int32)

@@ -72,7 +72,11 @@ class FileDataset:
     if not image_path.is_file() or not label_path.is_file():
       raise missing_files_error(self.info, image_path.parents[1], image_path if not image_path.is_file()
                                 else label_path)
-    return Example(key, read_image(image_path), self._map_label(read_label(label_path)).astype(np.int32))
+    return Example(key, read_image(image_path), self.label(index))
+
+  def label(self, index: int) -> np.ndarray:
+    """Example `index`'s class ids (int32 [H, W], `info.ignore_index` where unlabelled) without its image."""
+    return self._map_label(read_label(self._items[index][2])).astype(np.int32)
 
   def image_files(self) -> list[tuple[str, Path]]:
     """(key, image path) of every example, for jobs that need only the images (self-training)."""

@@ -3,6 +3,8 @@
 Layout (the VOCdevkit release, as mmseg reads it): ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClass/ID.png
 (palette PNGs, 255 = object borders, ignored), ROOT/ImageSets/Segmentation/{train,val}.txt.
 The zero-shot split (SPNet/ZS3Net, used by MAFT): the last five classes are unseen.
+`voc_aug` reads the augmented training set (SBD's labels as grey PNGs, as DeepLab and mmseg distribute them):
+ROOT/SegmentationClassAug/ID.png with the ids of ROOT/ImageSets/Segmentation/train_aug.txt (10,582 images).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ SYNONYMS = {"aeroplane": ("aeroplane",), "diningtable": ("dining table",), "moto
 UNSEEN = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
 LAYOUT = ("ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClass/ID.png, ROOT/ImageSets/Segmentation/SPLIT.txt "
           "(ROOT = VOCdevkit/VOC2012 of the VOC 2012 release)")
+LAYOUT_AUG = ("ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClassAug/ID.png, ROOT/ImageSets/Segmentation/train_aug.txt "
+              "(ROOT = VOCdevkit/VOC2012 with SBD's augmented labels added)")
 
 
 def _items(info: DatasetInfo, root: Path, split: str):
@@ -32,6 +36,14 @@ def voc(root: str | Path, split: str = "val") -> FileDataset:
   root = Path(root).expanduser()
   info = DatasetInfo("voc", CLASSES, 255, "background", UNSEEN, LAYOUT, SYNONYMS)
   return FileDataset(info, root, _items(info, root, split))
+
+
+def voc_aug(root: str | Path, split: str = "train_aug") -> FileDataset:
+  """The 21 classes on the SBD-augmented training set (`split`: the list file's name)."""
+  root = Path(root).expanduser()
+  info = DatasetInfo("voc", CLASSES, 255, "background", UNSEEN, LAYOUT_AUG, SYNONYMS)
+  return FileDataset(info, root, listed_items(info, root, f"ImageSets/Segmentation/{split}.txt", "JPEGImages",
+                                              "SegmentationClassAug"))
 
 
 def voc20(root: str | Path, split: str = "val") -> FileDataset:

@@ -10,18 +10,30 @@ shortest-edge resize, the category-area rule, flip, padding with ignore). Each c
 targets: one binary mask per training class present, here as a segment-index map (`segments`: the target index
 of each pixel, -1 where ignored) and the targets' classes padded with -1 to `data.max_targets`. An image with more
 classes keeps the `max_targets` largest; the others' pixels are ignored.
+
+With `data.tfds_name`, samples come instead from that dataset prepared as TensorFlow Datasets in `data.tfds_dir`
+(`python -m data_pipelines.prepare NAME --manual_dir=... --data_dir=...`) through the tf.data pipeline of
+`data_pipelines.supervised` (the same crop rules in TF ops, `data.photometric` for the photometric distortion),
+each host reading its share; every host's read position is saved with the checkpoints. The demo's labelled
+scenes (`data.source='demo'`, `data.tfds_name='demo'`) are prepared on first use into WORKDIR/data unless
+`data.tfds_dir` names another data dir.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 
-from data_pipelines import demo_data, eval_datasets, segmentation_crops
+from data_pipelines import demo_data, eval_datasets, segmentation_crops, supervised
+from data_pipelines.prepared import store
 from data_pipelines.segmentation_crops import CropSpec
+from ovseg_jax.train import fit, progress
 
 IGNORE = 2 ** 16 - 1  # Above every class index (ADE-847 has 847), and the uint16 labels' ignore value.
 
@@ -101,3 +113,62 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
   for batch in crops:
     segments, classes = zip(*(semantic_targets(label, config.data.max_targets) for label in batch["label"]))
     yield {"image": batch["image"], "segments": np.stack(segments), "target_classes": np.stack(classes)}
+
+
+def _host_position(data_position: dict[str, Any] | None) -> dict[str, int] | None:
+  """This host's read position from a checkpoint's (every host's); the earliest epoch's start if the hosts differ."""
+  hosts = (data_position or {}).get("supervised_positions")
+  if not hosts:
+    return None
+  if len(hosts) != jax.process_count():
+    progress.log(f"the checkpoint's read positions are for {len(hosts)} hosts, this run has {jax.process_count()}: "
+                 "the split is divided anew and reading restarts at the start of the earliest saved epoch.")
+    return {"epoch": min(epoch for epoch, _ in hosts), "offset": 0}
+  epoch, offset = hosts[jax.process_index()]
+  return {"epoch": epoch, "offset": offset}
+
+
+def _all_positions(pipeline: supervised.SupervisedPipeline) -> dict[str, Any]:
+  local = np.asarray([[pipeline.position()["epoch"], pipeline.position()["offset"]]], np.int64)
+  gathered = local if jax.process_count() == 1 else multihost_utils.process_allgather(local)
+  return {"supervised_positions": np.asarray(gathered).reshape(-1, 2).tolist()}
+
+
+def prepared_data_dir(config: ml_collections.ConfigDict, workdir: epath.Path) -> str:
+  """`data.tfds_dir`, or WORKDIR/data with the demo's labelled training scenes prepared there on first use."""
+  d = config.data
+  if d.tfds_dir:
+    return d.tfds_dir
+  if d.source != "demo" or d.tfds_name != "demo":
+    raise ValueError(f"data.tfds_name={d.tfds_name!r} needs data.tfds_dir: the data dir it was prepared into.")
+  data_dir = str(workdir / "data")
+  if jax.process_index() == 0:
+    store.ensure_prepared_demo(data_dir, demo_data.labelled_train_for_config(d, config.seed, d.num_labelled))
+  multihost_utils.sync_global_devices("prepared demo data")
+  return data_dir
+
+
+def host_data(config: ml_collections.ConfigDict, workdir: epath.Path, data_position: dict[str, Any] | None,
+              start_step: int) -> fit.HostData:
+  """This host's batches (as `host_batches` gives them), from the prepared dataset `data.tfds_name` if set."""
+  d = config.data
+  if not d.get("tfds_name"):
+    if d.get("photometric"):
+      raise ValueError("data.photometric needs the tf.data pipeline: set data.tfds_name (and data.tfds_dir).")
+    return fit.HostData(host_batches(config, start_step))
+  data_dir = prepared_data_dir(config, workdir)
+  pipeline = supervised.SupervisedPipeline(
+      data_dir, d.tfds_name, d.split, config.batch_size // jax.process_count(), crop_spec(config), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), label_lookup=label_lookup(config),
+      targets=supervised.Targets(max_targets=d.max_targets, photometric=d.photometric),
+      shuffle_buffer=d.shuffle_buffer, position=_host_position(data_position))
+  if tuple(pipeline.info.class_names) != tuple(d.class_names):
+    raise ValueError(f"data.class_names ({len(d.class_names)}) differ from the prepared {d.tfds_name}'s "
+                     f"{pipeline.info.num_classes} classes in {data_dir}: take them from the dataset's reader.")
+  if d.source == "demo" and pipeline.split_size != d.num_labelled:
+    raise ValueError(f"the demo prepared in {data_dir} has {pipeline.split_size} scenes, data.num_labelled is "
+                     f"{d.num_labelled}: delete {data_dir} to prepare it again.")
+  keys = ("image", "segments", "target_classes")
+  return fit.HostData(({k: batch[k] for k in keys} for batch in pipeline),
+                      lambda: {f"data/{k}": v for k, v in pipeline.counts().items()},
+                      lambda: _all_positions(pipeline))

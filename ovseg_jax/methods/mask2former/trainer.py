@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   fit.check_batch_size(config, mesh)
   trainable = setup.build(config, mesh)
   state = fit.fit(config, workdir, mesh, trainable,
-                  lambda _, start_step: fit.HostData(data.host_batches(config, start_step)))
+                  lambda position, start_step: data.host_data(config, workdir, position, start_step))
   return evaluate(config, workdir, trainable.model, state.params, int(state.step))
 
 
