@@ -147,6 +147,7 @@ class RestoredModel:
 
   def predictor(self, class_names: tuple[str, ...], synonyms: dict[str, tuple[str, ...]], classifier: str,
                 background: str = "threshold", threshold: float = 0.5, scale: float = 2.0) -> WindowPredictor:
+    """The predictor for these classes (`make_predictor`), kept for the next requests that ask for it."""
     if classifier not in self.classifiers:
       raise ValueError(f"unknown classifier {classifier!r} for {self.workdir}: use one of {self.classifiers}"
                        f"{'' if self.clip else ' (the others need a CLIP checkpoint, --clip)'}.")

@@ -53,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
   def session(self) -> Session:
     return self.server.session
 
-  def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+  def log_message(self, format: str, *args: Any) -> None:
     logging.info("%s %s", self.address_string(), format % args)
 
   def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
@@ -67,7 +67,7 @@ class Handler(BaseHTTPRequestHandler):
   def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
     self._send(status, json.dumps(payload).encode(), "application/json")
 
-  def do_GET(self) -> None:  # noqa: N802 (the base class's name)
+  def do_GET(self) -> None:
     path = urllib.parse.urlparse(self.path).path
     if path == "/":
       self._send(HTTPStatus.OK, render_page(self.session).encode(), "text/html; charset=utf-8")
@@ -90,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
     raise BadRequest(f"the upload has {length:,} bytes; upload at most {limit:,} ({limit / (1 << 20):g} MB).",
                      HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
-  def do_POST(self) -> None:  # noqa: N802 (the base class's name)
+  def do_POST(self) -> None:
     url = urllib.parse.urlparse(self.path)
     try:
       if url.path != "/segment":
