@@ -7,7 +7,8 @@ r"""Segment your own images with your own words.
 Each image is resized so its short side is the model's training size times `--scale`, segmented with sliding
 windows of the training size, and written as an overlay with a legend; the share of the image each class
 covers is printed. A class named "background" wins where no other class scores above `--background_threshold`
-(or is embedded like any class with `--background=class`). With `--clip=ViT-B-16.pt --classifier=ensemble:ovseg_voc`
+(or is embedded like any class with `--background=class`); `sofa|couch` names a class by several words, whose
+probabilities it sums. With `--clip=ViT-B-16.pt --classifier=ensemble:ovseg_voc`
 the masks are also classified by CLIP and the scores ensembled.
 
 In a folder, files that are not readable images are skipped and listed at the end. 16-bit images are scaled to 8
@@ -16,7 +17,9 @@ MAX_PIXELS are downscaled first (with a message). Paths may be local or gs://.
 """
 from __future__ import annotations
 
+import collections
 import warnings
+from typing import BinaryIO
 
 import ml_collections
 import numpy as np
@@ -25,8 +28,8 @@ from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 from data_pipelines.eval_datasets.base import DatasetInfo
-from ovseg_jax.eval import engine, prompts, visualize
-from ovseg_jax.eval.open_vocabulary import load_clip_setup
+from ovseg_jax.eval import classify, engine, prompts, visualize
+from ovseg_jax.eval.open_vocabulary import ClipSetup, load_clip_setup
 from ovseg_jax.eval.protocol import Protocol
 from ovseg_jax.eval.windows import WindowPredictor
 from ovseg_jax.train import workdir as workdirs
@@ -34,14 +37,20 @@ from ovseg_jax.train import workdir as workdirs
 MAX_PIXELS = 4096 * 4096  # Larger images are downscaled: per-class scores at full size would take GBs.
 
 
-def parse_classes(text: str) -> tuple[str, ...]:
-  names = tuple(n.strip() for n in text.split(",") if n.strip())
-  if not names:
-    raise ValueError(f"--classes={text!r} names no class: give comma-separated names, e.g. "
-                     "--classes='cat,dog,background'.")
+def parse_classes(text: str, max_classes: int | None = None) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+  """(class names, synonyms) from e.g. 'cat, sofa|couch, background': comma-separated classes, each named by its
+  first name; '|' adds names embedded beside it (the class scores the sum of its names' probabilities)."""
+  entries = [tuple(n.strip() for n in entry.split("|") if n.strip()) for entry in text.split(",")]
+  entries = [e for e in entries if e]
+  if not entries:
+    raise ValueError(f"the class list {text!r} names no class: give comma-separated names, e.g. "
+                     "'cat, dog, background'.")
+  if max_classes is not None and len(entries) > max_classes:
+    raise ValueError(f"the class list names {len(entries)} classes; give at most {max_classes}.")
+  names = tuple(e[0] for e in entries)
   if len(set(names)) != len(names):
-    raise ValueError(f"--classes lists a name twice: {names}.")
-  return names
+    raise ValueError(f"the class list names a class twice: {names}.")
+  return names, {e[0]: e for e in entries if len(e) > 1}
 
 
 def image_paths(path: epath.Path) -> list[epath.Path]:
@@ -66,13 +75,13 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"))
 
 
-def read_image(path: epath.Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
-  """(uint8 RGB [H, W, 3], a note: '' or how it was downscaled); ValueError naming the file if it is not a
-  readable image or is past Pillow's decompression limit."""
+def decode_image(data: BinaryIO, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+  """(uint8 RGB [H, W, 3], a note: '' or how it was downscaled) of an image file's bytes; ValueError naming it if
+  it is not a readable image or is past Pillow's decompression limit."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with path.open("rb") as f, Image.open(f) as image:
+      with Image.open(data) as image:
         note = ""
         if image.width * image.height > max_pixels:
           factor = (image.width * image.height / max_pixels) ** 0.5
@@ -81,10 +90,19 @@ def read_image(path: epath.Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarr
           image = image.resize(size, Image.Resampling.BOX)
         return _to_rgb(image), note
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-    raise ValueError(f"{path} is past Pillow's decompression limit of {Image.MAX_IMAGE_PIXELS:,} pixels ({e}); "
+    raise ValueError(f"{name} is past Pillow's decompression limit of {Image.MAX_IMAGE_PIXELS:,} pixels ({e}); "
                      "downscale it first.") from None
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise ValueError(f"{path} is not a readable image ({e}); give a JPEG or PNG file.") from None
+  except UnidentifiedImageError:
+    raise ValueError(f"{name} is not a readable image (not an image format Pillow knows); give a JPEG or PNG "
+                     "file.") from None
+  except (OSError, SyntaxError) as e:
+    raise ValueError(f"{name} is not a readable image ({e}); give a JPEG or PNG file.") from None
+
+
+def read_image(path: epath.Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+  """`decode_image` of a local or gs:// file."""
+  with path.open("rb") as f:
+    return decode_image(f, str(path), max_pixels)
 
 
 def class_areas(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
@@ -94,7 +112,8 @@ def class_areas(labels: np.ndarray, class_names: tuple[str, ...]) -> dict[str, f
 
 
 def make_predictor(candidate: engine.Candidate, train_config: ml_collections.ConfigDict,
-                   class_names: tuple[str, ...], background: str, threshold: float, scale: float) -> WindowPredictor:
+                   class_names: tuple[str, ...], synonyms: dict[str, tuple[str, ...]], background: str,
+                   threshold: float, scale: float) -> WindowPredictor:
   """The candidate's predictor over the user's classes: short side `scale` training sizes, windows of the
   training size at half-window stride, "background" by the threshold unless `background='class'`."""
   size = train_config.data.image_size
@@ -103,8 +122,44 @@ def make_predictor(candidate: engine.Candidate, train_config: ml_collections.Con
   protocol = Protocol(short_side=round(size * scale), window=size, stride=size // 2,
                       templates=prompts.templates("single"),
                       background="threshold" if background_class else "none", background_threshold=threshold,
-                      background_score=0.0, decode=train_config.eval.protocol.decode, batch_size=8, synonyms={})
+                      background_score=0.0, decode=train_config.eval.protocol.decode, batch_size=8, synonyms=synonyms)
   return candidate.make(info, protocol)
+
+
+class RestoredModel:
+  """The latest checkpoint of an open-vocabulary training workdir, segmenting images for any vocabulary with any
+  classifier it offers. The predictors of the last few requests (text embeddings, compiled scorers) are kept, and
+  windows of one size make one compiled program for every image size, so a repeated request is fast."""
+
+  def __init__(self, checkpoint: str, clip: ClipSetup | None = None, keep: int = 4):
+    from ovseg_jax.methods import registry
+    self.workdir = workdirs.as_workdir(checkpoint)
+    self.train_config = workdirs.read_config(self.workdir)
+    self.method = registry.open_vocabulary(self.train_config, str(self.workdir))
+    self.model, self.params, self.step = self.method.restore_model(self.train_config, self.workdir)
+    self.clip, self.keep = clip, keep
+    self._predictors: collections.OrderedDict[tuple, WindowPredictor] = collections.OrderedDict()
+
+  @property
+  def classifiers(self) -> list[str]:
+    """The classifiers this model offers: its own, and with a CLIP the CLIP ones and ensembles."""
+    return classify.classifier_names() if self.clip else ["learned"]
+
+  def predictor(self, class_names: tuple[str, ...], synonyms: dict[str, tuple[str, ...]], classifier: str,
+                background: str = "threshold", threshold: float = 0.5, scale: float = 2.0) -> WindowPredictor:
+    """The predictor for these classes (`make_predictor`), kept for the next requests that ask for it."""
+    if classifier not in self.classifiers:
+      raise ValueError(f"unknown classifier {classifier!r} for {self.workdir}: use one of {self.classifiers}"
+                       f"{'' if self.clip else ' (the others need a CLIP checkpoint, --clip)'}.")
+    key = (class_names, tuple(sorted(synonyms.items())), classifier, background, threshold, scale)
+    if key not in self._predictors:
+      candidate = self.method.candidates(self.model, self.params, self.train_config, (classifier,), self.clip)[0]
+      self._predictors[key] = make_predictor(candidate, self.train_config, class_names, synonyms, background,
+                                             threshold, scale)
+      while len(self._predictors) > self.keep:
+        self._predictors.popitem(last=False)
+    self._predictors.move_to_end(key)
+    return self._predictors[key]
 
 
 def main(argv: list[str]) -> None:
@@ -116,16 +171,10 @@ def main(argv: list[str]) -> None:
 
 
 def run(f: flags.FlagValues) -> None:
-  from ovseg_jax.methods import registry
-  class_names = parse_classes(f.classes)
+  class_names, synonyms = parse_classes(f.classes)
   paths = image_paths(epath.Path(f.image).expanduser())
-  workdir = workdirs.as_workdir(f.checkpoint)
-  train_config = workdirs.read_config(workdir)
-  method = registry.open_vocabulary(train_config, str(workdir))
-  model, params, _ = method.restore_model(train_config, workdir)
-  clip = load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip}))
-  candidate = method.candidates(model, params, train_config, (f.classifier,), clip)[0]
-  predictor = make_predictor(candidate, train_config, class_names, f.background, f.background_threshold, f.scale)
+  model = RestoredModel(f.checkpoint, load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip})))
+  predictor = model.predictor(class_names, synonyms, f.classifier, f.background, f.background_threshold, f.scale)
   output = epath.Path(f.output).expanduser()
   many = len(paths) > 1 or output.suffix == ""
   if many:
@@ -155,7 +204,8 @@ if __name__ == "__main__":
   from ovseg_jax import cli
   flags.DEFINE_string("checkpoint", None, "Training workdir (with config.json and checkpoints/).")
   flags.DEFINE_string("image", None, "An image file or a directory of images.")
-  flags.DEFINE_string("classes", None, "Comma-separated class names, e.g. 'minion,tiger,background'.")
+  flags.DEFINE_string("classes", None, "Comma-separated class names, e.g. 'minion,tiger,sofa|couch,background' "
+                      "('|' adds synonyms of a class).")
   flags.DEFINE_string("output", None, "Output PNG (one image) or directory.")
   flags.DEFINE_float("background_threshold", 0.5, "Pixels whose best class scores below this are background.")
   flags.DEFINE_enum("background", "threshold", ["threshold", "class"],

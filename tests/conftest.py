@@ -1,5 +1,5 @@
-"""Shared test setup: 8 fake CPU devices so sharding code is exercised on one machine, and one on-disk cache of
-compiled programs for the whole session.
+"""Shared test setup: 8 fake CPU devices so sharding code is exercised on one machine; one on-disk cache of compiled
+programs for the whole session; one tiny trained S-Seg demo workdir for the tests that restore a checkpoint.
 
 Many tests compile the same tiny train steps and evaluation programs, in this process, in the other test worker
 (`-n 2` in pyproject.toml) and in the `python -m ovseg_jax.main` subprocesses they start; JAX's persistent
@@ -9,6 +9,20 @@ devices and the jax version, so a cached program is the program a fresh compile 
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "ovseg_jax_test_compile_cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory):
+  """A 6-step S-Seg run of `configs/sseg_demo.py:tiny` with its demo data (checkpoint, config.json, results)."""
+  from configs import sseg_demo
+  from ovseg_jax.methods.sseg import trainer
+  root = tmp_path_factory.mktemp("sseg_demo")
+  config = sseg_demo.get_config("tiny")
+  config.data.demo_root = str(root / "demo")
+  trainer.train_and_evaluate(config, root / "run")
+  return root / "run"

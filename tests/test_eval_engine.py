@@ -8,12 +8,10 @@ from absl import flags
 from PIL import Image
 
 from configs import eval_suite as eval_suite_config
-from configs import sseg_demo
 from data_pipelines.eval_datasets import DatasetInfo, Example
 from ovseg_jax import evaluate, predict
 from ovseg_jax.eval import engine, metrics, prompts, protocol as protocols, windows
 from ovseg_jax.eval.open_vocabulary import ClipSetup, open_vocabulary_predictor
-from ovseg_jax.methods.sseg import trainer as train
 
 
 def _protocol(**kw):
@@ -256,15 +254,6 @@ def test_prompt_sets():
     prompts.templates(("a photo.",))
 
 
-@pytest.fixture(scope="module")
-def demo_workdir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("suite")
-  config = sseg_demo.get_config("tiny")
-  config.data.demo_root = str(root / "demo")
-  train.train_and_evaluate(config, root / "run")
-  return root / "run"
-
-
 def test_suite_on_a_demo_checkpoint_writes_results_table_and_overlays(demo_workdir, tmp_path):
   config = eval_suite_config.get_config("demo")
   # Three windows per image; a batch of 8 windows is split over the 8 devices of the test session.
@@ -321,6 +310,16 @@ def test_predict_reads_16_bit_pngs_scaled_and_refuses_or_downscales_huge_images(
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2,400 pixels: past the limit (an error from 2,000 on).
   with pytest.raises(ValueError, match="big.png is past Pillow's decompression limit of 1,000 pixels"):
     predict.read_image(epath.Path(tmp_path / "big.png"))
+
+
+def test_classes_take_synonyms_and_a_limit():
+  names, synonyms = predict.parse_classes("cat, sofa | couch|settee ,, background|grass")
+  assert names == ("cat", "sofa", "background")
+  assert synonyms == {"sofa": ("sofa", "couch", "settee"), "background": ("background", "grass")}
+  with pytest.raises(ValueError, match="names 3 classes; give at most 2"):
+    predict.parse_classes("a, b, c", max_classes=2)
+  with pytest.raises(ValueError, match="names a class twice"):
+    predict.parse_classes("a|b, a")
 
 
 def test_class_areas_sum_to_one():

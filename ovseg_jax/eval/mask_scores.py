@@ -10,6 +10,7 @@ thresholds (VOC 0.95, Pascal Context 0.35, COCO-Object 0.95) do.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,9 +31,16 @@ def class_text_embeddings(model: Any, params: Any, class_names: Sequence[str], t
     raise ValueError("the class list is empty: give at least one class name.")
   prompts = [t.format(name) for name in class_names for t in templates]
   tokens = jnp.asarray(tokenize(prompts, context_length=context_length))
-  emb = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))(params, tokens)
+  emb = _text_encoder(model)(params, tokens)
   emb = l2_normalize(emb).reshape(len(class_names), len(templates), -1)
   return l2_normalize(jnp.mean(emb, axis=1))
+
+
+@functools.lru_cache(maxsize=16)
+def _text_encoder(model: Any) -> Callable:
+  """One jitted text tower per model (modules compare by value), so a new vocabulary compiles only for a new
+  number of prompts."""
+  return jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_text"))
 
 
 def expand_synonyms(class_names: Sequence[str],
@@ -106,7 +114,20 @@ def pixel_class_scores(mask_logits: jax.Array, mask_embeddings: jax.Array, text_
 def make_segmenter(model: Any, decode: str, reclassify: Callable | None = None):
   """Jitted `fn(params, images_uint8 [B,H,W,3], text_embeddings [names,D], name_groups [names,C])
   -> scores [B,C,H,W]`. `reclassify(class_prob, images, mask_logits) -> class scores` replaces the learned
-  per-mask class probabilities (e.g. by a CLIP classifier or an ensemble, `ovseg_jax.eval.classify`)."""
+  per-mask class probabilities (e.g. by a CLIP classifier or an ensemble, `ovseg_jax.eval.classify`). Without
+  one, the function is shared by every call for the same model and decode: a new vocabulary (text embeddings are
+  arguments) or checkpoint of the model compiles again only for a new number of names or classes."""
+  if reclassify is None:
+    return _learned_segmenter(model, decode)
+  return _segmenter(model, decode, reclassify)
+
+
+@functools.lru_cache(maxsize=16)
+def _learned_segmenter(model: Any, decode: str):
+  return _segmenter(model, decode, None)
+
+
+def _segmenter(model: Any, decode: str, reclassify: Callable | None):
   def fn(params, images, text_embeddings, name_groups):
     normalized = normalize_images(images)
     out = model.apply({"params": params}, normalized, method="encode_image")
