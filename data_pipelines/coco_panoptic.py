@@ -25,6 +25,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from data_pipelines.eval_datasets.coco import THINGS
+
+# The 133 categories of panoptic_{train,val}2017.json in id order (80 things, then 53 stuff): detectron2's COCO
+# panoptic order, in which PADing's unseen indices are given.
+STUFF = ("banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood", "flower",
+         "fruit", "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform", "playingfield", "railroad",
+         "river", "road", "roof", "sand", "sea", "shelf", "snow", "stairs", "tent", "towel", "wall-brick", "wall-stone",
+         "wall-tile", "wall-wood", "water-other", "window-blind", "window-other", "tree-merged", "fence-merged",
+         "ceiling-merged", "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged",
+         "pavement-merged", "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged",
+         "building-other-merged", "rock-merged", "wall-other-merged", "rug-merged")
+CLASS_NAMES = (*THINGS, *STUFF)
 UNSEEN = ("cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard", "playingfield",
           "river", "road", "tree-merged", "sky-other-merged", "grass-merged")
 LABEL_DIVISOR = 256  # Instances per class in a training label; 133 classes * 256 stays below IGNORE.

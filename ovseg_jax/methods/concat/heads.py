@@ -19,12 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ovseg_jax.ops.normalize import l2_normalize
+
 LEAKY_SLOPE = 0.2  # The papers do not give LeakyReLU's slope: the usual 0.2 of feature-generating VAEs (chosen).
 BATCH_NORM_EPS = 1e-5  # PyTorch's BatchNorm1d default.
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def text_class_logits(embeddings: jax.Array, text: jax.Array, no_object: jax.Array, tau: float) -> jax.Array:

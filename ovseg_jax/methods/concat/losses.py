@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ovseg_jax.methods.concat.heads import l2_normalize
+from ovseg_jax.ops.normalize import l2_normalize
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

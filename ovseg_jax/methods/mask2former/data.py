@@ -117,8 +117,10 @@ def panoptic_samples(config: ml_collections.ConfigDict
 
 def crop_spec(config: ml_collections.ConfigDict) -> CropSpec:
   d = config.data
+  # Without short_sides: mmseg-style resize to fit `scale` x ratio (with scale (S, S): large-scale jitter).
   return CropSpec(crop_size=d.crop_size, cat_max_ratio=d.cat_max_ratio, ignore_index=IGNORE,
-                  short_sides=tuple(d.short_sides), max_size=d.max_size)
+                  short_sides=tuple(d.short_sides), max_size=d.max_size, scale=tuple(d.get("scale", (2048, 512))),
+                  ratio_range=tuple(d.get("ratio_range", (0.5, 2.0))))
 
 
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
