@@ -10,6 +10,10 @@ there). Layout under `root/<hash of the config>/`:
   eval/, tune/          labelled splits: images/KEY.jpg, labels/KEY.png (mode 'L': 0 background,
                         i for class_names[i]), classes.txt ("background" first), meta.json.
   DONE                  written last.
+
+With `panoptic=True` (`demo_panoptic`: several instances per category, backgrounds as stuff) the directory is in
+COCO's panoptic layout instead: annotations/panoptic_{train,val,tune}2017.json, {split}2017/KEY.jpg and
+panoptic_{split}2017/KEY.png (segment ids as RGB), read by `coco_panoptic.CocoPanoptic`; `val` is the eval split.
   train_labelled_N/     on request (`ensure_labelled_train`): the first N training scenes, the same as in
                         the shards, as a labelled split, for methods trained with pixel labels.
 
@@ -37,14 +41,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from data_pipelines import demo_scenes
+from data_pipelines import coco_panoptic, demo_panoptic, demo_scenes
 
 BACKGROUND_CLASS = 'background'
 _DONE = 'DONE'
 # Part of the cache key: bump when the scenes or the file layout change.
 _FORMAT_VERSION = 1
 _KEY_SAMPLE_DIGITS = 4  # img2dataset's keys: shard * 10**4 + index, 9 digits.
-_SPLIT_STREAMS = {'train': 0, 'eval': 1, 'tune': 2}
+_SPLIT_STREAMS = {'train': 0, 'eval': 1, 'tune': 2, 'val': 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ class DemoDataConfig:
   samples_per_shard: int = 1000
   seed: int = 0
   jpeg_quality: int = 92
+  panoptic: bool = False
 
   def __post_init__(self):
     if self.image_size < 16:
@@ -92,7 +97,10 @@ def class_names() -> list[str]:
 
 def cache_name(cfg: DemoDataConfig) -> str:
   """The cache directory name: a short hash of the config and the data format version."""
-  spec = json.dumps({**dataclasses.asdict(cfg), 'format_version': _FORMAT_VERSION}, sort_keys=True)
+  fields = dataclasses.asdict(cfg)
+  if not cfg.panoptic:  # Semantic caches keep the names they had before the panoptic option.
+    del fields['panoptic']
+  spec = json.dumps({**fields, 'format_version': _FORMAT_VERSION}, sort_keys=True)
   return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -118,6 +126,16 @@ def labelled_train_for_config(data: Any, seed: int, count: int) -> str:
   return ensure_labelled_train(ensure_for_config(data, seed), _config_of(data, seed), count)
 
 
+def panoptic_root_for_config(data: Any, seed: int) -> str:
+  """The COCO-layout root of the panoptic demo scenes of a training config's `data` section, generated on first
+  use (splits 'train', 'val', 'tune')."""
+  cfg = dataclasses.replace(_config_of(data, seed), panoptic=True)
+  final = Path(data.demo_root).expanduser() / cache_name(cfg)
+  if not (final / _DONE).exists():
+    _generate_atomically(final.parent, final, cfg)
+  return str(final)
+
+
 def _config_of(data: Any, seed: int) -> DemoDataConfig:
   return DemoDataConfig(image_size=data.image_size, num_train=data.num_train, num_eval=data.num_eval,
                         num_tune=data.num_tune, seed=seed)
@@ -134,9 +152,13 @@ def _generate_atomically(root: Path, final: Path, cfg: DemoDataConfig) -> None:
         f'of {cfg.image_size}x{cfg.image_size} in {final} ...', end='', flush=True)
   start = time.perf_counter()
   try:
-    _write_train(tmp / 'train', cfg)
-    _write_labelled('eval', tmp / 'eval', cfg.num_eval, cfg)
-    _write_labelled('tune', tmp / 'tune', cfg.num_tune, cfg)
+    if cfg.panoptic:
+      for split, count in (('train', cfg.num_train), ('val', cfg.num_eval), ('tune', cfg.num_tune)):
+        _write_panoptic(split, tmp, count, cfg)
+    else:
+      _write_train(tmp / 'train', cfg)
+      _write_labelled('eval', tmp / 'eval', cfg.num_eval, cfg)
+      _write_labelled('tune', tmp / 'tune', cfg.num_tune, cfg)
     (tmp / _DONE).write_text(json.dumps(dataclasses.asdict(cfg), sort_keys=True) + '\n')
     if (final / _DONE).exists():  # Another process finished the same data first.
       shutil.rmtree(tmp)
@@ -160,7 +182,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def _split_rng(cfg: DemoDataConfig, split: str) -> np.random.Generator:
-  return np.random.default_rng([cfg.seed, _SPLIT_STREAMS[split]])
+  return np.random.default_rng([cfg.seed, _SPLIT_STREAMS[split], *([3] if cfg.panoptic else [])])
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -212,6 +234,23 @@ def _write_labelled(split: str, directory: Path, count: int, cfg: DemoDataConfig
           'backgrounds': list(demo_scenes.BACKGROUND_NAMES),
           'held_out_pairs': [list(pair) for pair in demo_scenes.HELD_OUT_PAIRS], 'samples': samples}
   (directory / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
+
+
+def _write_panoptic(split: str, root: Path, count: int, cfg: DemoDataConfig) -> None:
+  """`count` panoptic scenes as a COCO panoptic split under `root`."""
+  for name in (f'{split}2017', f'panoptic_{split}2017', 'annotations'):
+    (root / name).mkdir(parents=True, exist_ok=True)
+  rng = _split_rng(cfg, split)
+  images, annotations = [], []
+  for index in range(count):
+    scene = demo_panoptic.make_panoptic_scene(rng, cfg.image_size)
+    key = f'{index:012d}'
+    (root / f'{split}2017' / f'{key}.jpg').write_bytes(_jpeg(scene.image, cfg.jpeg_quality))
+    Image.fromarray(coco_panoptic.id2rgb(scene.segment_ids)).save(root / f'panoptic_{split}2017' / f'{key}.png')
+    images.append({'id': index, 'file_name': f'{key}.jpg', 'width': cfg.image_size, 'height': cfg.image_size})
+    annotations.append({'image_id': index, 'file_name': f'{key}.png', 'segments_info': scene.segments})
+  spec = {'images': images, 'annotations': annotations, 'categories': demo_panoptic.categories()}
+  (root / 'annotations' / f'panoptic_{split}2017.json').write_text(json.dumps(spec, sort_keys=True) + '\n')
 
 
 def ensure_labelled_train(paths: DemoDataPaths, cfg: DemoDataConfig, count: int) -> str:

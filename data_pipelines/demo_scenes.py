@@ -320,18 +320,19 @@ def _place_objects(rng: np.random.Generator, categories: Sequence[int],
   return placed
 
 
-def _render(rng: np.random.Generator, categories: Sequence[int], background: int,
-            size: int) -> tuple[np.ndarray, np.ndarray]:
+def render(rng: np.random.Generator, categories: Sequence[int], background: int,
+           size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(image, labels, instances uint8 [S, S]: 0 background, j + 1 where object j is visible) of posed objects."""
   while (placed := _place_objects(rng, categories, size)) is None:
     pass  # Rare: a crowded scene is posed again from scratch.
   image = _paint_background(rng, BACKGROUNDS[background], size)
-  labels = np.zeros((size, size), np.uint8)
-  for category, (box, values) in zip(categories, placed):
+  labels, instances = np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)
+  for j, (category, (box, values)) in enumerate(zip(categories, placed)):
     shades = _object_shades(rng, CATEGORIES[category])
     drawn = values > 0
     image[box][drawn] = shades[values[drawn]]
-    labels[box][drawn] = category + 1
-  return np.round(image * 255).astype(np.uint8), labels
+    labels[box][drawn], instances[box][drawn] = category + 1, j + 1
+  return np.round(image * 255).astype(np.uint8), labels, instances
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +395,6 @@ def make_scene(rng: np.random.Generator, size: int, held_out: bool = False) -> S
     raise ValueError(f'Demo scenes need an image size of at least 16 pixels, got {size}.')
   background = int(rng.integers(len(BACKGROUNDS)))
   categories = _sample_categories(rng, background, held_out)
-  image, labels = _render(rng, categories, background, size)
+  image, labels, _ = render(rng, categories, background, size)
   return Scene(image=image, labels=labels, objects=tuple(CATEGORIES[c].name for c in categories),
                background=BACKGROUNDS[background].name, caption=make_caption(rng, categories, background))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import eval_datasets, supervised
-from data_pipelines.eval_datasets import coco_panoptic
+from data_pipelines import coco_panoptic
 from data_pipelines.prepared import semantic, store
 from data_pipelines.segmentation_crops import CropSpec
 from dataset_layouts import RNG, write_grey_png, write_image, write_palette_png, write_uint16_tif
@@ -155,16 +155,17 @@ def test_coco_panoptic_records_hold_the_png_ids_and_segments(prepared):
   roots, data_dir = prepared
   reader = coco_panoptic.CocoPanoptic(roots["coco_panoptic"], "val")
   expected = {e.key: e for e in reader}
+  fields = {reader.files(i)[0]: reader.files(i)[3] for i in range(len(reader))}
   builder = store.open_prepared(data_dir, "coco_panoptic")
   records = list(builder.as_dataset(split="val").as_numpy_iterator())
   assert len(records) == 2
   crowds = 0
   for record in records:
     example = expected[record["key"].decode()]
-    np.testing.assert_array_equal(coco_panoptic.rgb_to_id(record["panoptic"]), example.segment_ids)
+    np.testing.assert_array_equal(coco_panoptic.rgb2id(record["panoptic"]), example.segment_ids)
     segments = [dict(zip(coco_panoptic.SEGMENT_FIELDS, values)) for values in
                 zip(*(record["segments"][f].tolist() for f in coco_panoptic.SEGMENT_FIELDS))]
-    assert segments == example.segments
+    assert segments == fields[example.key]
     crowds += sum(s["iscrowd"] for s in segments)
   assert crowds == 1
   categories = store.metadata(builder)["categories"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines.eval_datasets import coco_panoptic
+from data_pipelines import coco_panoptic
 from data_pipelines.prepared.semantic import VERSION
 
 
@@ -18,7 +18,7 @@ class CocoPanoptic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   name = "coco_panoptic"
   VERSION = VERSION
   RELEASE_NOTES = {"1.0.0": "Panoptic PNGs and segments as the release has them."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"The directory data_pipelines.eval_datasets.coco_panoptic takes: {coco_panoptic.LAYOUT}"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"The directory data_pipelines.coco_panoptic takes: {coco_panoptic.LAYOUT}"
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -37,6 +37,8 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             "object-class mIoU": _percent(r, "object_miou"), "pixel acc": _percent(r, "pixel_accuracy"),
             "fwIoU": _percent(r, "fwiou"), "seen mIoU": _percent(r, "seen_miou"),
             "unseen mIoU": _percent(r, "unseen_miou"), "h-mIoU": _percent(r, "harmonic_miou"),
+            "PQ": _percent(r, "pq"), "SQ": _percent(r, "sq"), "RQ": _percent(r, "rq"), "sPQ": _percent(r, "seen_pq"),
+            "uPQ": _percent(r, "unseen_pq"), "hPQ": _percent(r, "harmonic_pq"),
             "published S-Seg mIoU": PUBLISHED_SSEG.get(r["dataset"], float("nan"))} for r in rows]
   columns = [c for c in table[0] if not all(isinstance(t[c], float) and math.isnan(t[c]) for t in table)]
   return markdown_table(table, columns, float_fmt="{:.1f}")

@@ -4,6 +4,10 @@ Samples come from a labelled split: the demo's training scenes with their pixel 
 an evaluation-dataset reader's split (`data.dataset` under `data.root`, e.g. COCO-Stuff train2017). Label ids
 index `data.class_names`; the classes of `data.unseen_classes` are held out (zero-shot training: their pixels are
 ignored, so they are neither a target nor "no object"), the others are the training classes, numbered in order.
+With `data.targets='panoptic'` the samples are COCO panoptic segments (`data.source='coco_panoptic'`: the directory
+`data.root` in COCO's panoptic layout, e.g. COCO 2017 or the demo's panoptic scenes): every non-crowd segment of a
+training class is a target of its own (Mask2Former's panoptic mapper), and the training images are those with no
+segment of an unseen class (the zero-shot panoptic rule of PADing and CONCAT).
 
 Crops follow Mask2Former's semantic dataset mapper (`data_pipelines.segmentation_crops` with detectron2's
 shortest-edge resize, the category-area rule, flip, padding with ignore). Each crop becomes MaskFormer's semantic
@@ -30,12 +34,13 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipelines import demo_data, eval_datasets, segmentation_crops, supervised
+from data_pipelines import coco_panoptic, demo_data, eval_datasets, segmentation_crops, supervised
 from data_pipelines.prepared import store
 from data_pipelines.segmentation_crops import CropSpec
 from ovseg_jax.train import fit, progress
 
-IGNORE = 2 ** 16 - 1  # Above every class index (ADE-847 has 847), and the uint16 labels' ignore value.
+# Above every class index (ADE-847 has 847), the uint16 labels' ignore value and coco_panoptic's.
+IGNORE = coco_panoptic.IGNORE
 
 
 def training_classes(config: ml_collections.ConfigDict) -> list[str]:
@@ -71,8 +76,10 @@ def semantic_targets(label: np.ndarray, max_targets: int) -> tuple[np.ndarray, n
 
 def samples(config: ml_collections.ConfigDict) -> tuple[int, Callable[[int], tuple[np.ndarray, np.ndarray]]]:
   """(count, read_sample(i) -> (uint8 image [H, W, 3], training-class labels [H, W]))."""
-  lookup = label_lookup(config)
   d = config.data
+  if d.get("targets", "semantic") == "panoptic":
+    return panoptic_samples(config)
+  lookup = label_lookup(config)
   if d.source == "demo":
     split = demo_data.load_labelled_split(demo_data.labelled_train_for_config(d, config.seed, d.num_labelled))
     if split.class_names != list(d.class_names):
@@ -96,10 +103,36 @@ def samples(config: ml_collections.ConfigDict) -> tuple[int, Callable[[int], tup
   return len(dataset), read
 
 
+def panoptic_samples(config: ml_collections.ConfigDict
+                     ) -> tuple[int, Callable[[int], tuple[np.ndarray, np.ndarray]]]:
+  """(count, read_sample(i) -> (uint8 image, `coco_panoptic.panoptic_label`)) over the seen-only images of the
+  COCO-layout directory `data.root`, split `data.split`."""
+  d = config.data
+  if d.source != "coco_panoptic" or not d.root:
+    raise ValueError(f"data.targets='panoptic' reads data.source='coco_panoptic' from data.root (got source="
+                     f"{d.source!r}, root={d.root!r}); its layout: {coco_panoptic.LAYOUT}.")
+  dataset = coco_panoptic.CocoPanoptic(d.root, d.split)
+  if dataset.class_names != tuple(d.class_names):
+    raise ValueError(f"data.class_names ({len(d.class_names)}) differ from the {len(dataset.class_names)} categories "
+                     f"of {d.root}: take them from its panoptic JSON.")
+  seen = training_classes(config)
+  class_of_category = {i: seen.index(c["name"]) for i, c in dataset.categories.items() if c["name"] in seen}
+  kept = coco_panoptic.seen_only(dataset.annotations, dataset.category_ids(list(d.unseen_classes)))
+  if not kept:
+    raise ValueError(f"every image of {d.root} ({d.split}) has a segment of data.unseen_classes: nothing to train on.")
+
+  def read(i: int) -> tuple[np.ndarray, np.ndarray]:
+    example = dataset.example(kept[i])
+    return example.image, coco_panoptic.panoptic_label(example.segment_ids, example.segments, class_of_category)
+  return len(kept), read
+
+
 def crop_spec(config: ml_collections.ConfigDict) -> CropSpec:
   d = config.data
+  # Without short_sides: mmseg-style resize to fit `scale` x ratio (with scale (S, S): large-scale jitter).
   return CropSpec(crop_size=d.crop_size, cat_max_ratio=d.cat_max_ratio, ignore_index=IGNORE,
-                  short_sides=tuple(d.short_sides), max_size=d.max_size)
+                  short_sides=tuple(d.short_sides), max_size=d.max_size, scale=tuple(d.get("scale", (2048, 512))),
+                  ratio_range=tuple(d.get("ratio_range", (0.5, 2.0))))
 
 
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -110,8 +143,9 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
   host_seed = int(np.random.SeedSequence([config.seed, jax.process_index()]).generate_state(1)[0])
   crops = segmentation_crops.crop_batches(num_samples, read_sample, config.batch_size // jax.process_count(),
                                           host_seed, start_step, crop_spec(config), workers=config.data.workers)
+  targets = coco_panoptic.panoptic_targets if config.data.get("targets") == "panoptic" else semantic_targets
   for batch in crops:
-    segments, classes = zip(*(semantic_targets(label, config.data.max_targets) for label in batch["label"]))
+    segments, classes = zip(*(targets(label, config.data.max_targets) for label in batch["label"]))
     yield {"image": batch["image"], "segments": np.stack(segments), "target_classes": np.stack(classes)}
 
 

@@ -29,13 +29,19 @@ from ovseg_jax.train import config_checks, fit, sharding, workdir as workdirs
 NAME = "Mask2Former"
 
 
-def semantic_scores(model: Any, params: Any, windows: jax.Array) -> jax.Array:
-  """MaskFormer's semantic inference: uint8 windows [B, S, S, 3] -> class scores [B, K, S, S]."""
-  outputs = model.apply({"params": params}, normalize_images(windows, IMAGENET_MEAN, IMAGENET_STD))
-  probs = jax.nn.softmax(outputs["pred_logits"].astype(jnp.float32), axis=-1)[..., :-1]
-  masks = outputs["pred_masks"].astype(jnp.float32)
-  masks = jax.nn.sigmoid(jax.image.resize(masks, (*masks.shape[:2], *windows.shape[1:3]), "bilinear"))
+def scores_from_outputs(class_logits: jax.Array, mask_logits: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """MaskFormer's semantic inference: class logits [B, Q, K+1] and mask logits [B, Q, h, w] -> class scores
+  [B, K, *size] (softmax without "no object" times the sigmoid of the bilinearly resized masks)."""
+  probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)[..., :-1]
+  masks = mask_logits.astype(jnp.float32)
+  masks = jax.nn.sigmoid(jax.image.resize(masks, (*masks.shape[:2], *size), "bilinear"))
   return jnp.einsum("bqk,bqhw->bkhw", probs, masks)
+
+
+def semantic_scores(model: Any, params: Any, windows: jax.Array) -> jax.Array:
+  """uint8 windows [B, S, S, 3] -> class scores [B, K, S, S] of the K+1 head."""
+  outputs = model.apply({"params": params}, normalize_images(windows, IMAGENET_MEAN, IMAGENET_STD))
+  return scores_from_outputs(outputs["pred_logits"], outputs["pred_masks"], windows.shape[1:3])
 
 
 def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, name: str = NAME) -> list[engine.Candidate]:
