@@ -54,9 +54,9 @@ def proposal_ranking(proposals: Proposals, clip: Any, clip_params: Any, images: 
     losses.append(float(loss) * np.sum(classes >= 0))
     counts.append(np.sum(classes >= 0))
     for i, t in zip(*np.nonzero(classes >= 0)):
-      score, iou = probs[i, classes[i, t]], ious[i, t]
-      if np.ptp(score) > 0 and np.ptp(iou) > 0:  # Spearman's rho is undefined for a constant ranking.
-        rhos.append(stats.spearmanr(score, iou).statistic)
+      prob, iou = probs[i, classes[i, t]], ious[i, t]
+      if np.ptp(prob) > 0 and np.ptp(iou) > 0:  # Spearman's rho is undefined for a constant ranking.
+        rhos.append(stats.spearmanr(prob, iou).statistic)
         is_seen.append(class_names[classes[i, t]] in seen)
   rhos, is_seen = np.asarray(rhos), np.asarray(is_seen, bool)
   return {"spearman": float(np.mean(rhos)), "spearman_seen": float(np.mean(rhos[is_seen])),
