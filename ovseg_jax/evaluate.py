@@ -18,7 +18,6 @@ from ovseg_jax import cli
 def evaluate_checkpoint(eval_config, checkpoint: str, output: str | None = None, clip=None) -> list[dict]:
   """An eval config applied to the latest checkpoint of an open-vocabulary training workdir."""
   from ovseg_jax.eval import engine
-  from ovseg_jax.eval.open_vocabulary import load_clip_setup
   from ovseg_jax.methods import registry
   from ovseg_jax.train import workdir as workdirs
   workdir = workdirs.as_workdir(checkpoint)
@@ -26,7 +25,7 @@ def evaluate_checkpoint(eval_config, checkpoint: str, output: str | None = None,
   method = registry.open_vocabulary(train_config, str(workdir))
   roots = engine.training_data_roots(train_config)
   engine.open_datasets(eval_config, roots)  # A missing dataset fails now, before the checkpoint is restored.
-  clip = clip or load_clip_setup(eval_config.get("clip", {}))
+  clip = clip or registry.eval_clip(eval_config.get("clip", {}))
   model, params, step = method.restore_model(train_config, workdir)
   candidates = method.candidates(model, params, train_config, tuple(eval_config.get("classifiers", ("learned",))),
                                  clip)

@@ -86,7 +86,10 @@ def test_released_weights_are_those_of_the_cited_sources():
   assert [published[n].weight for n in ("ovseg_ade", "ovseg_context", "ovseg_voc")] == [0.7, 0.6, 0.6]
   assert (published["ebseg_vitb"].a, published["ebseg_vitb"].b, published["ebseg_vitb"].g) == (0.09, 0.3, 0.7)
   assert (published["ebseg_vitl"].a, published["ebseg_vitl"].b, published["ebseg_vitl"].g) == (0.12, 0.4, 0.6)
-  assert published["maft_ipclip"].method == "clip_only" and "stands in" in published["maft_ipclip"].note
+  assert published["maft_ipclip"].method == "clip_only" and published["maft_ipclip"].ipclip
+  assert "masked crops" in published["maft_ipclip"].note  # The stand-in without a MAFT checkpoint is named.
+  assert (published["maft_ipclip_ensemble"].method, published["maft_ipclip_ensemble"].weight) == ("maft_frozen_clip",
+                                                                                                 0.8)
   assert all("stand-in" in published[n].note for n in ("ebseg_vitb", "ebseg_vitl"))
 
 

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from ovseg_jax.eval import ensembles
+from ovseg_jax.models.ipclip import ipclip_embeddings
+from ovseg_jax.models.resize import resize_bilinear
 from ovseg_jax.ops.normalize import l2_normalize
 
 # CLIP's trained temperature: OpenAI's models end training at the clip bound, exp(logit_scale) = 100.
@@ -103,13 +105,25 @@ def dense_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: A
   return class_probs(pooled, text_embeddings, no_object_logit=no_object_logit)
 
 
+def ipclip_class_probs(clip: Any, clip_params: Any, images: Array, mask_logits: Array, text_embeddings: Array,
+                       start_layers: int, input_size: int) -> Array:
+  """MAFT's IP-CLIP classification of all masks of an image in one pass (`models.ipclip`): masks = sigmoid of the
+  logits upsampled to the image (bilinear, align_corners=True), images resized to `input_size`, probabilities
+  = softmax of 100 x cosine (MAFT's no-object column is dropped before its softmax). -> [B, N, K]."""
+  masks = jax.nn.sigmoid(resize_bilinear(mask_logits.astype(jnp.float32), images.shape[1:3], axes=(2, 3),
+                                         align_corners=True))
+  resized = resize_bilinear(images.astype(jnp.float32), (input_size, input_size))
+  embeddings = ipclip_embeddings(clip.architecture, clip_params["visual"], resized, masks, start_layers)
+  return class_probs(embeddings, text_embeddings)
+
+
 def classifier_names() -> list[str]:
   return ["learned", "clip_crop", "clip_dense"] + [f"ensemble:{name}" for name in sorted(ensembles.PUBLISHED)]
 
 
 def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, name_groups: Array, seen: Array,
                       crop_size: int, threshold: float = 0.5, crops_per_call: int = 32,
-                      no_object_logit: float | None = None):
+                      no_object_logit: float | None = None, ipclip: tuple[int, int] | None = None):
   """`fn(p_seg [B,N,C], images [B,H,W,3] CLIP-normalised, mask_logits [B,N,h,w]) -> scores [B,N,C]` for a
   classifier named in `classifier_names()`, or None for 'learned' (the segmenter's own probabilities).
 
@@ -117,7 +131,8 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
   `name_groups` [names, C]; `seen` [C] marks the classes the MAFT and EBSeg ensembles treat as seen. Ensembles
   (`ovseg_jax.eval.ensembles.PUBLISHED`): OVSeg and MAFT combine the segmenter with masked-crop CLIP; EBSeg's
   three sources are the segmenter (A), masked crops (standing in for its CLIP head, B) and mask-pooled dense
-  features (D). The segmenter has no no-object class, so EBSeg's final factor (1 - A's no-object) is 1.
+  features (D). The segmenter has no no-object class, so EBSeg's final factor (1 - A's no-object) is 1. With
+  `ipclip` (start_layers, input_size) the CLIP is a MAFT IP-CLIP and MAFT's ensembles read its scores.
   """
   if name == "learned":
     return None
@@ -139,6 +154,9 @@ def make_reclassifier(name: str, clip: Any, clip_params: Any, clip_text: Array, 
   if name == "clip_dense":
     return lambda p_seg, images, mask_logits: dense(images, mask_logits)
   spec = ensembles.PUBLISHED[name.removeprefix("ensemble:")]
+  if spec.ipclip and ipclip is not None:
+    crop = lambda images, mask_logits: ipclip_class_probs(clip, clip_params, images, mask_logits, clip_text,
+                                                          *ipclip) @ name_groups
   if spec.method == "clip_only":
     return lambda p_seg, images, mask_logits: crop(images, mask_logits)
   if spec.method == "ovseg":

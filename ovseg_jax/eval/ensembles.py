@@ -7,9 +7,10 @@ All take probabilities [..., K] over the same K classes and return per-mask clas
 - OVSeg (facebookresearch/ov-seg, `open_vocab_seg/ovseg_model.py`, `semantic_inference`): p_seg^(1-l) p_clip^l
   for every class, p_clip = 1 for empty masks (no crop to classify).
 - MAFT: the released eval config (`configs/coco-stuff-164k-156/eval.yaml`, CLIP_ENSEMBLE_WEIGHT 0.0) classifies
-  with IP-CLIP's scores alone (`clip_only`). The supplement's eq. 1, the "frozen CLIP" baseline it improves on, is
-  `maft_frozen_clip`: seen p_seg^l p_clip^(1-l), unseen p_clip^l. (The released code's branch for a positive
-  weight differs for unseen classes, p_seg^(1-l) p_clip^l; it is not the published baseline.)
+  with IP-CLIP's scores alone (`maft_ipclip`; IP-CLIP when the CLIP is a MAFT checkpoint, `models.ipclip`). The
+  supplement's eq. 1, the "frozen CLIP" baseline it improves on, is `maft_frozen_clip`: seen p_seg^l p_clip^(1-l),
+  unseen p_clip^l; `maft_ipclip_ensemble` is eq. 1 over the fine-tuned IP-CLIP's scores. (The released code's
+  branch for a positive weight differs for unseen classes, p_seg^(1-l) p_clip^l; it is not the published baseline.)
 - EBSeg (slonetime/EBSeg, `ebseg/model/EBSeg.py`, inference branch of `forward`), in the released notation: A the
   segmenter's own class probabilities, B its CLIP head's, D mask-pooled CLIP features'; seen
   A^(1-a-g) D^a B^g, unseen A^(1-b-g) D^b B^g; log(1e-8 + .), softmax over classes, times (1 - A's no-object
@@ -76,6 +77,7 @@ class EnsembleSpec:
   b: float = 0.0
   g: float = 0.0
   note: str = ""  # Shown beside the results row: what the row stands for, and any stand-in it uses.
+  ipclip: bool = False  # CLIP scores from IP-CLIP when the CLIP is a MAFT checkpoint.
 
 
 _EBSEG_B_STAND_IN = ("B (EBSeg's own CLIP head) is replaced by masked-crop CLIP scores, a stand-in until that head "
@@ -89,8 +91,13 @@ PUBLISHED = {
     # OVSeg appendix C: lambda 0.6 for PAS-20.
     "ovseg_voc": EnsembleSpec("ovseg", weight=0.6, note="OVSeg ensemble, lambda 0.6 (appendix C, PAS-20)"),
     # MAFT's released eval.yaml: CLIP_ENSEMBLE_WEIGHT 0.0, the class scores are IP-CLIP's alone.
-    "maft_ipclip": EnsembleSpec("clip_only", note="MAFT as released: CLIP scores alone (eval.yaml weight 0.0); "
-                                "masked-crop frozen CLIP stands in for IP-CLIP until a fine-tuned one is given"),
+    "maft_ipclip": EnsembleSpec("clip_only", ipclip=True,
+                                note="MAFT as released: CLIP scores alone (eval.yaml weight 0.0), from IP-CLIP when "
+                                "clip.checkpoint is a MAFT workdir, else from masked crops of a frozen CLIP"),
+    # Eq. 1 over the fine-tuned IP-CLIP (lambda 0.8 as for the frozen baseline below).
+    "maft_ipclip_ensemble": EnsembleSpec("maft_frozen_clip", weight=0.8, ipclip=True,
+                                         note="MAFT supplement eq. 1 over IP-CLIP's scores, lambda 0.8 (masked "
+                                         "crops of a frozen CLIP unless clip.checkpoint is a MAFT workdir)"),
     # MAFT supplement eq. 1 ("lambda usually 0.6-0.8"); 0.8 is the released code's default CLIP_ENSEMBLE_WEIGHT
     # (freeseg/config.py).
     "maft_frozen_clip": EnsembleSpec("maft_frozen_clip", weight=0.8,

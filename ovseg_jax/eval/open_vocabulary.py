@@ -27,6 +27,7 @@ class ClipSetup:
   # one (`Protocol.seen_classes`), else none. S-Seg trains on captions, so its "seen" is the benchmark's split.
   seen_classes: tuple[str, ...] = ()
   no_object_logit: float | None = None  # A fixed "no object" class for CLIP's softmax (None: off).
+  ipclip: tuple[int, int] | None = None  # A MAFT IP-CLIP's (start_layers, input_size); None: a plain CLIP.
 
 
 def load_clip_setup(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
@@ -60,7 +61,8 @@ def open_vocabulary_predictor(model: Any, params: Any, class_names: tuple[str, .
     seen_names = set(clip.seen_classes or protocol.seen_classes)
     seen = jnp.asarray([n in seen_names for n in names])
     reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, groups, seen,
-                                            clip.crop_size, clip.mask_threshold, no_object_logit=clip.no_object_logit)
+                                            clip.crop_size, clip.mask_threshold, no_object_logit=clip.no_object_logit,
+                                            ipclip=clip.ipclip)
     details = _classifier_details(classifier, [n for n in names if n in seen_names], clip.seen_classes, protocol)
   segmenter = mask_scores.make_segmenter(model, protocol.decode, reclassify)
   return WindowPredictor(lambda p, t, g, windows: segmenter(p, windows, t, g), (params, text, groups), class_ids,

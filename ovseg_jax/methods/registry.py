@@ -6,11 +6,14 @@ from collections.abc import Callable
 
 import ml_collections
 
+from ovseg_jax.eval.open_vocabulary import ClipSetup, load_clip_setup
 from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
 from ovseg_jax.methods.concat import trainer as concat
+from ovseg_jax.methods.maft import setup as maft_setup, trainer as maft
 from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
+from ovseg_jax.train import workdir as workdirs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,8 @@ METHODS = {
     "mask2former": Method(mask2former.train_and_evaluate, mask2former.evaluate_workdir, mask2former_setup.build,
                           mask2former.restore_model),
     "concat": Method(concat.train_and_evaluate, concat.evaluate_workdir, concat.build),
+    # Its IP-CLIP classifies other segmenters' masks through an eval config's clip.checkpoint (`eval_clip`).
+    "maft": Method(maft.train_and_evaluate, maft.evaluate_workdir, maft_setup.build, maft.restore_model),
 }
 
 
@@ -44,6 +49,17 @@ def get(config: ml_collections.ConfigDict) -> Method:
   if name not in METHODS:
     raise ValueError(f"config.trainer={name!r}: use one of {sorted(METHODS)} (set `c.trainer` in the config file).")
   return METHODS[name]
+
+
+def eval_clip(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
+  """An eval config's `clip` section: a MAFT training workdir gives its fine-tuned IP-CLIP, anything else (a CLIP
+  file or Hugging Face directory) is loaded by `load_clip_setup`."""
+  checkpoint = cfg.get("checkpoint")
+  if checkpoint and (workdirs.as_workdir(checkpoint) / "config.json").is_file():
+    train_config = workdirs.read_config(checkpoint)
+    if train_config.get("trainer") == "maft":
+      return maft.ipclip_setup(train_config, checkpoint)
+  return load_clip_setup(cfg)
 
 
 def open_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> Method:

@@ -96,15 +96,15 @@ class VisionTransformer(nn.Module):
       self.mask_prompts = self.param("mask_prompts", nn.initializers.normal(0.02),
                                      (a.mask_prompt_depth, grid * grid, a.vision_width))
 
-  def _positions(self, h: int, w: int) -> jax.Array:
+  def _positions(self, h: int, w: int, align_corners: bool = False) -> jax.Array:
     """Class + patch positions, the patch grid resized bicubically for other image sizes."""
     grid = self.a.image_size // self.a.patch_size
     pos = self.positional_embedding
     if (h, w) == (grid, grid):
       return pos
     patch = pos[1:].reshape(grid, grid, -1)
-    patch = jnp.einsum("ia,abc,jb->ijc", jnp.asarray(bicubic_resize_matrix(grid, h)), patch,
-                       jnp.asarray(bicubic_resize_matrix(grid, w)), precision=jax.lax.Precision.HIGHEST)
+    rows, cols = (jnp.asarray(bicubic_resize_matrix(grid, n, align_corners=align_corners)) for n in (h, w))
+    patch = jnp.einsum("ia,abc,jb->ijc", rows, patch, cols, precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([pos[:1], patch.reshape(h * w, -1)], axis=0)
 
   def _kept_patches(self, masks: jax.Array, h: int, w: int) -> jax.Array:
@@ -118,18 +118,25 @@ class VisionTransformer(nn.Module):
     p = self.a.patch_size
     return jnp.any(masks.reshape(masks.shape[0], h, p, w, p), axis=(2, 4)).reshape(-1, h * w, 1)
 
-  def __call__(self, images: jax.Array, dense: bool = False, masks: jax.Array | None = None) -> jax.Array:
-    """images [B, H, W, 3] CLIP-normalised -> [B, embed_dim], or with `dense` [B, h, w, embed_dim]. `masks`
-    bool [B, H, W] (the kept pixels of each crop) switch on the mask prompts."""
+  def tokens(self, images: jax.Array, masks: jax.Array | None = None,
+             align_corners: bool = False) -> tuple[jax.Array, tuple[int, int]]:
+    """The first block's input [B, 1 + h*w, width] (class token first, positions added, ln_pre) and the patch
+    grid (h, w). `align_corners`: how the position grid is resized for other image sizes (PyTorch's flag)."""
     x = self.conv1(images.astype(self.dtype))
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
-    kept = None if masks is None else self._kept_patches(masks, h, w)
-    if kept is not None:
-      x = jnp.where(kept, x, self.mask_prompts[0].astype(x.dtype))
+    if masks is not None:
+      x = jnp.where(self._kept_patches(masks, h, w), x, self.mask_prompts[0].astype(x.dtype))
     cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (b, 1, c))
-    x = jnp.concatenate([cls, x], axis=1) + self._positions(h, w).astype(x.dtype)
-    x = self.ln_pre(x)
+    x = jnp.concatenate([cls, x], axis=1) + self._positions(h, w, align_corners).astype(x.dtype)
+    return self.ln_pre(x), (h, w)
+
+  def __call__(self, images: jax.Array, dense: bool = False, masks: jax.Array | None = None) -> jax.Array:
+    """images [B, H, W, 3] CLIP-normalised -> [B, embed_dim], or with `dense` [B, h, w, embed_dim]. `masks`
+    bool [B, H, W] (the kept pixels of each crop) switch on the mask prompts."""
+    x, (h, w) = self.tokens(images, masks)
+    b = x.shape[0]
+    kept = None if masks is None else self._kept_patches(masks, h, w)
     for i, block in enumerate(self.blocks):
       x = block(x, value_path=dense and i == len(self.blocks) - 1)
       if kept is not None and i + 1 < self.a.mask_prompt_depth:

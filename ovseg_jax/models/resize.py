@@ -1,4 +1,4 @@
-"""PyTorch's `F.interpolate` (bicubic, and (bi)linear with align_corners=False, no antialiasing when shrinking)
+"""PyTorch's `F.interpolate` (bicubic, and (bi)linear, align_corners False or True, no antialiasing when shrinking)
 as separable [out, in] matrices, so models ported from PyTorch resize position embeddings, relative-position
 tables and masks exactly as the reference does."""
 from __future__ import annotations
@@ -15,15 +15,21 @@ def _torch_cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
   return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-def bicubic_resize_matrix(in_size: int, out_size: int, scale_factor: float | None = None) -> np.ndarray:
-  """[out_size, in_size] matrix of `torch.nn.functional.interpolate(mode='bicubic', align_corners=False)`
+def _align_corners_source(in_size: int, out_size: int) -> np.ndarray:
+  """Source positions of PyTorch's align_corners=True: the first and last samples on the border pixels."""
+  return np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+
+
+def bicubic_resize_matrix(in_size: int, out_size: int, scale_factor: float | None = None,
+                          align_corners: bool = False) -> np.ndarray:
+  """[out_size, in_size] matrix of `torch.nn.functional.interpolate(mode='bicubic', align_corners=...)`
   along one axis, float64.
 
   With `scale_factor` the sampling positions follow it (as PyTorch does when it is given) rather than
   out_size / in_size; DINO relies on that. Out-of-range taps are clamped to the border, as in PyTorch.
   """
   scale = 1.0 / scale_factor if scale_factor else in_size / out_size
-  source = scale * (np.arange(out_size) + 0.5) - 0.5
+  source = _align_corners_source(in_size, out_size) if align_corners else scale * (np.arange(out_size) + 0.5) - 0.5
   first = np.minimum(np.floor(source), in_size - 1)
   t = np.clip(source - first, 0.0, 1.0)
   taps = np.clip(first[:, None] + np.arange(-1, 3), 0, in_size - 1).astype(int)
@@ -32,11 +38,12 @@ def bicubic_resize_matrix(in_size: int, out_size: int, scale_factor: float | Non
   return matrix
 
 
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] float64 matrix of `F.interpolate(mode='linear' or 'bilinear', align_corners=False)`
-  along one axis: source position (i + 0.5) * in / out - 0.5, clamped at 0, blended between its two neighbours
-  (the last pixel repeated at the far border)."""
-  source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+def linear_resize_matrix(in_size: int, out_size: int, align_corners: bool = False) -> np.ndarray:
+  """[out_size, in_size] float64 matrix of `F.interpolate(mode='linear' or 'bilinear', align_corners=...)`
+  along one axis: source position (i + 0.5) * in / out - 0.5 (align_corners: i * (in - 1) / (out - 1)), clamped
+  at 0, blended between its two neighbours (the last pixel repeated at the far border)."""
+  source = (_align_corners_source(in_size, out_size) if align_corners else
+            np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0))
   low = np.minimum(np.floor(source).astype(int), in_size - 1)
   high = np.minimum(low + 1, in_size - 1)
   frac = source - low
@@ -46,13 +53,14 @@ def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix
 
 
-def resize_bilinear(x: jax.Array, out_hw: tuple[int, int], axes: tuple[int, int] = (1, 2)) -> jax.Array:
+def resize_bilinear(x: jax.Array, out_hw: tuple[int, int], axes: tuple[int, int] = (1, 2),
+                    align_corners: bool = False) -> jax.Array:
   """Resizes the two spatial `axes` of `x` (default: NHWC) to `out_hw` as PyTorch's bilinear mode does."""
   (h, w), (oh, ow) = (x.shape[axes[0]], x.shape[axes[1]]), out_hw
   if (h, w) == (oh, ow):
     return x
   x = jnp.moveaxis(x, axes, (-2, -1))
-  rows = jnp.asarray(linear_resize_matrix(h, oh), x.dtype)
-  cols = jnp.asarray(linear_resize_matrix(w, ow), x.dtype)
+  rows = jnp.asarray(linear_resize_matrix(h, oh, align_corners), x.dtype)
+  cols = jnp.asarray(linear_resize_matrix(w, ow, align_corners), x.dtype)
   x = jnp.einsum("oh,...hw,pw->...op", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
   return jnp.moveaxis(x, (-2, -1), axes)

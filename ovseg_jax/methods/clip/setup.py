@@ -55,7 +55,7 @@ def pretrained(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tu
   return arch, params
 
 
-def _check_architecture(config: ml_collections.ConfigDict, found: ClipArchitecture) -> None:
+def check_architecture(config: ml_collections.ConfigDict, found: ClipArchitecture) -> None:
   wanted = architecture(config)
   differ = {f.name: (getattr(wanted, f.name), getattr(found, f.name)) for f in dataclasses.fields(found)
             if f.name != "mask_prompt_depth" and getattr(wanted, f.name) != getattr(found, f.name)}
@@ -84,7 +84,7 @@ def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abst
   state, shardings = create_sharded_state(_init_params(model), tx, config, mesh)
   loaded = pretrained(config, mesh)
   if loaded is not None:
-    _check_architecture(config, loaded[0])
+    check_architecture(config, loaded[0])
     params = overlay_params(state.params, loaded[1], "init.clip")
     state = jax.device_put(TrainState(step=state.step, params=params, opt_state=tx.init(params)), shardings)
     progress.log(f"CLIP initialised from {config.init.clip}")
