@@ -7,6 +7,7 @@ from collections.abc import Callable
 import ml_collections
 
 from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
+from ovseg_jax.methods.ebseg import setup as ebseg_setup, trainer as ebseg
 from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
@@ -33,6 +34,8 @@ METHODS = {
     # A fixed class set (its K+1 head): no candidates for arbitrary class names.
     "mask2former": Method(mask2former.train_and_evaluate, mask2former.evaluate_workdir, mask2former_setup.build,
                           mask2former.restore_model),
+    "ebseg": Method(ebseg.train_and_evaluate, ebseg.evaluate_workdir, ebseg_setup.build, ebseg.restore_model,
+                    ebseg.candidates),
 }
 
 
