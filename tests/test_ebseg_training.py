@@ -152,7 +152,7 @@ def test_tiny_run_through_main(tmp_path):
   the figures are only checked to be scores)."""
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "ovseg_jax.main", "--config=configs/ebseg_demo.py:tiny", f"--workdir={workdir}",
-         f"--config.data.demo_root={tmp_path / 'demo'}"]
+         f"--config.data.demo_root={tmp_path / 'demo'}", "--config.batch_size=8"]  # One image per fake device.
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert run.returncode == 0, run.stderr[-3000:]
   rows = {r["predictor"]: r for r in json.loads((workdir / "results.json").read_text())}
