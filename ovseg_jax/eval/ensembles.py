@@ -80,8 +80,8 @@ class EnsembleSpec:
   ipclip: bool = False  # CLIP scores from IP-CLIP when the CLIP is a MAFT checkpoint.
 
 
-_EBSEG_B_STAND_IN = ("B (EBSeg's own CLIP head) is replaced by masked-crop CLIP scores, a stand-in until that head "
-                     "is trained here; D is mask-pooled dense CLIP")
+_EBSEG_B_STAND_IN = ("on another segmenter, masked-crop CLIP scores are a stand-in for B (EBSeg's own CLIP head) and D "
+                     "is mask-pooled dense CLIP; an EBSeg checkpoint uses its own A, B and D (methods/ebseg/inference.py)")
 
 PUBLISHED = {
     # OVSeg appendix C: lambda 0.7 for A-150 and A-847 (also CLIP_ENSEMBLE_WEIGHT of the released configs).

@@ -10,6 +10,7 @@ from ovseg_jax.eval.open_vocabulary import ClipSetup, load_clip_setup
 from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
 from ovseg_jax.methods.concat import trainer as concat
 from ovseg_jax.methods.maft import setup as maft_setup, trainer as maft
+from ovseg_jax.methods.ebseg import setup as ebseg_setup, trainer as ebseg
 from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
@@ -40,6 +41,8 @@ METHODS = {
     "concat": Method(concat.train_and_evaluate, concat.evaluate_workdir, concat.build),
     # Its IP-CLIP classifies other segmenters' masks through an eval config's clip.checkpoint (`eval_clip`).
     "maft": Method(maft.train_and_evaluate, maft.evaluate_workdir, maft_setup.build, maft.restore_model),
+    "ebseg": Method(ebseg.train_and_evaluate, ebseg.evaluate_workdir, ebseg_setup.build, ebseg.restore_model,
+                    ebseg.candidates),
 }
 
 

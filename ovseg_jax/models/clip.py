@@ -48,31 +48,48 @@ def _activation(name: str):
   raise ValueError(f"CLIP activation {name!r}: use 'quick_gelu' or 'gelu'.")
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, mask: jax.Array | None = None,
+              bias: jax.Array | None = None, dtype: DType = jnp.float32) -> jax.Array:
+  """Multi-head attention of q [B, N, W] over k, v [B, M, W]; `mask` (True = attend) and `bias` (added to the
+  logits) broadcast to [B, heads, N, M]."""
+  b, n, width = q.shape
+  head_dim = width // num_heads
+  split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, head_dim)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", split(q) * head_dim ** -0.5, split(k)).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, n, width)
+
+
 class ResidualAttentionBlock(nn.Module):
-  """x + attn(ln_1(x)), then x + mlp(ln_2(x)); attention with a fused in_proj as in torch's MultiheadAttention."""
+  """x + attn(ln_1(x)), then x + mlp(ln_2(x)); attention with a fused in_proj as in torch's MultiheadAttention.
+
+  `bias` [B or 1, heads, N, N] is added to the attention logits. Given `surgery` (the tokens [B, N, width] of
+  CLIP Surgery's second path), the block returns (x, surgery + out_proj(value-value attention)): the value-value
+  attention softmax(v v^T / sqrt(d) + bias) v reads this block's normalised input, and that path skips the MLP.
+  """
   num_heads: int
   activation: str
   eps: float
   dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None, value_path: bool = False) -> jax.Array:
-    b, n, width = x.shape
-    head_dim = width // self.num_heads
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, value_path: bool = False,
+               bias: jax.Array | None = None, surgery: jax.Array | None = None):
+    width = x.shape[-1]
     y = nn.LayerNorm(self.eps, dtype=self.dtype, name="ln_1")(x)
     q, k, v = jnp.split(nn.Dense(3 * width, dtype=self.dtype, name="in_proj")(y), 3, axis=-1)
-    if value_path:
-      attended = v
-    else:
-      split = lambda t: t.reshape(b, n, self.num_heads, head_dim)
-      logits = jnp.einsum("bqhd,bkhd->bhqk", split(q) * head_dim ** -0.5, split(k)).astype(jnp.float32)
-      if mask is not None:
-        logits = jnp.where(mask, logits, -jnp.inf)
-      weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-      attended = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, n, width)
-    x = x + nn.Dense(width, dtype=self.dtype, name="out_proj")(attended)
+    attended = v if value_path else attention(q, k, v, self.num_heads, mask, bias, self.dtype)
+    out_proj = nn.Dense(width, dtype=self.dtype, name="out_proj")
+    x = x + out_proj(attended)
     y = nn.Dense(4 * width, dtype=self.dtype, name="c_fc")(nn.LayerNorm(self.eps, dtype=self.dtype, name="ln_2")(x))
-    return x + nn.Dense(width, dtype=self.dtype, name="c_proj")(_activation(self.activation)(y))
+    x = x + nn.Dense(width, dtype=self.dtype, name="c_proj")(_activation(self.activation)(y))
+    if surgery is None:
+      return x
+    return x, surgery + out_proj(attention(v, v, v, self.num_heads, bias=bias, dtype=self.dtype))
 
 
 class VisionTransformer(nn.Module):
@@ -96,7 +113,7 @@ class VisionTransformer(nn.Module):
       self.mask_prompts = self.param("mask_prompts", nn.initializers.normal(0.02),
                                      (a.mask_prompt_depth, grid * grid, a.vision_width))
 
-  def _positions(self, h: int, w: int, align_corners: bool = False) -> jax.Array:
+  def positions(self, h: int, w: int, align_corners: bool = False) -> jax.Array:
     """Class + patch positions, the patch grid resized bicubically for other image sizes."""
     grid = self.a.image_size // self.a.patch_size
     pos = self.positional_embedding
@@ -128,7 +145,7 @@ class VisionTransformer(nn.Module):
     if masks is not None:
       x = jnp.where(self._kept_patches(masks, h, w), x, self.mask_prompts[0].astype(x.dtype))
     cls = jnp.broadcast_to(self.class_embedding.astype(x.dtype), (b, 1, c))
-    x = jnp.concatenate([cls, x], axis=1) + self._positions(h, w, align_corners).astype(x.dtype)
+    x = jnp.concatenate([cls, x], axis=1) + self.positions(h, w, align_corners).astype(x.dtype)
     return self.ln_pre(x), (h, w)
 
   def __call__(self, images: jax.Array, dense: bool = False, masks: jax.Array | None = None) -> jax.Array:

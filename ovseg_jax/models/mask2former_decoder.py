@@ -81,7 +81,8 @@ class MaskedAttentionDecoder(nn.Module):
 
   Returns {'pred_logits': [B, Q, K+1] (absent when num_classes == 0), 'pred_masks': [B, Q, H, W],
   'query_embeddings': [B, Q, hidden_dim] (the normalised queries the heads read; a text classifier can
-  replace the class head with them), 'aux_outputs': the same dicts for the `num_layers` earlier predictions}
+  replace the class head with them), 'mask_embeddings': [B, Q, mask_dim] (the mask head's output, which heads
+  such as EBSeg's attention biases reuse), 'aux_outputs': the same dicts for the `num_layers` earlier predictions}
   from the last layer.
   """
   num_classes: int
@@ -120,8 +121,9 @@ class MaskedAttentionDecoder(nn.Module):
 
     def predict(queries):
       embeddings = decoder_norm(queries)
-      out = {"pred_masks": jnp.einsum("bqc,bhwc->bqhw", mask_head(embeddings), mask_features),
-             "query_embeddings": embeddings}
+      mask_embeddings = mask_head(embeddings)
+      out = {"pred_masks": jnp.einsum("bqc,bhwc->bqhw", mask_embeddings, mask_features),
+             "query_embeddings": embeddings, "mask_embeddings": mask_embeddings}
       if class_head is not None:
         out["pred_logits"] = class_head(embeddings)
       return out

@@ -125,8 +125,10 @@ def mask_losses(matched_logits: jax.Array, segments: jax.Array, matched: jax.Arr
 
 
 def layer_loss(prediction: Mapping[str, jax.Array], segments: jax.Array, target_classes: jax.Array,
-               num_masks: jax.Array, key: jax.Array, cfg: CriterionConfig) -> dict[str, jax.Array]:
-  """The unweighted terms {'ce', 'mask', 'dice'} of one prediction layer, its points drawn from `key`."""
+               num_masks: jax.Array, key: jax.Array, cfg: CriterionConfig
+               ) -> tuple[dict[str, jax.Array], tuple[jax.Array, jax.Array]]:
+  """(the unweighted terms {'ce', 'mask', 'dice'} of one prediction layer, its points drawn from `key`; its
+  matching (pred_for_target, matched) as `match` gives it, for losses on other per-query outputs)."""
   class_logits, mask_logits = prediction["pred_logits"], prediction["pred_masks"]
   b, m = target_classes.shape
   match_key, loss_key = jax.random.split(key)
@@ -136,8 +138,9 @@ def layer_loss(prediction: Mapping[str, jax.Array], segments: jax.Array, target_
   points = uncertain_point_coords(loss_key, logits.reshape(b * m, *logits.shape[2:]), cfg.num_points,
                                   cfg.oversample_ratio, cfg.importance_sample_ratio).reshape(b, m, cfg.num_points, 2)
   bce, dice = mask_losses(logits, segments, matched, points, num_masks)
-  return {"ce": class_loss(class_logits, target_classes, pred_for_target, matched, cfg.no_object_weight),
-          "mask": bce, "dice": dice}
+  terms = {"ce": class_loss(class_logits, target_classes, pred_for_target, matched, cfg.no_object_weight),
+           "mask": bce, "dice": dice}
+  return terms, (pred_for_target, matched)
 
 
 def mask2former_loss(outputs: Mapping[str, Any], segments: jax.Array, target_classes: jax.Array, key: jax.Array,
@@ -151,7 +154,7 @@ def mask2former_loss(outputs: Mapping[str, Any], segments: jax.Array, target_cla
   predictions = [outputs] + list(outputs.get("aux_outputs", ()))
   total, terms = 0.0, None
   for i, prediction in enumerate(predictions):
-    layer_terms = layer_loss(prediction, segments, target_classes, num_masks, jax.random.fold_in(key, i), cfg)
+    layer_terms, _ = layer_loss(prediction, segments, target_classes, num_masks, jax.random.fold_in(key, i), cfg)
     total = total + (cfg.class_weight * layer_terms["ce"] + cfg.mask_weight * layer_terms["mask"]
                      + cfg.dice_weight * layer_terms["dice"])
     terms = terms or layer_terms

@@ -13,6 +13,7 @@ so their IoU is 0 by construction. Zero-shot methods built on this base replace 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,23 +67,35 @@ def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, param
   return engine.evaluate_run(config, candidates(model, params, config), workdir, f"{NAME} at step {step}", step)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
-  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the results rows."""
+def train_on_labels(config: ml_collections.ConfigDict, workdir: str | Path, build: Callable, evaluate_fn: Callable
+                    ) -> list[dict[str, Any]]:
+  """Trains the `Trainable` that `build(config, mesh)` makes on the labelled crops of `data.host_data`
+  (resuming from the latest checkpoint in `workdir`), then `evaluate_fn(config, workdir, model, params, step)`."""
   config_checks.check_loop(config)
   workdir = workdirs.as_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh.axes)
   fit.check_batch_size(config, mesh)
-  trainable = setup.build(config, mesh)
+  trainable = build(config, mesh)
   state = fit.fit(config, workdir, mesh, trainable,
                   lambda position, start_step: data.host_data(config, workdir, position, start_step))
-  return evaluate(config, workdir, trainable.model, state.params, int(state.step))
+  return evaluate_fn(config, workdir, trainable.model, state.params, int(state.step))
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str | Path, build: Callable) -> tuple[Any, Any, int]:
+  """(model, params, step) of the latest checkpoint in `workdir`, the model from `build(config, mesh, abstract)`."""
+  trainable = build(config, sharding.make_mesh(config.mesh.axes), abstract=True)
+  state, step = workdirs.restore_latest(workdir, trainable.state, config)
+  return trainable.model, state.params, step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
+  """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the results rows."""
+  return train_on_labels(config, workdir, setup.build, evaluate)
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[Any, Any, int]:
   """(model, params, step) of the latest checkpoint in `workdir`, built from `config`."""
-  trainable = setup.build(config, sharding.make_mesh(config.mesh.axes), abstract=True)
-  state, step = workdirs.restore_latest(workdir, trainable.state, config)
-  return trainable.model, state.params, step
+  return restore(config, workdir, setup.build)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
