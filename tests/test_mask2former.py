@@ -259,15 +259,21 @@ def _detectron2_state(hf: dict) -> dict:
   return out
 
 
-def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
-  state = _detectron2_state(load_file(FIXTURES / "hf" / "model.safetensors"))
-  assert "backbone.layers.0.blocks.1.attn.qkv.weight" in state and "backbone.norm3.bias" in state
+def _same_model_from_detectron2(tmp_path, hf_directory, loaded, keys):
+  """The fixture's weights under detectron2's names (with `keys` among them) load as the same model."""
+  state = _detectron2_state(load_file(FIXTURES / hf_directory / "model.safetensors"))
+  assert all(k in state for k in keys), keys
   with open(tmp_path / "model_final.pkl", "wb") as f:
     pickle.dump({"model": state, "__author__": "test"}, f)
   module, params = load_mask2former(tmp_path / "model_final.pkl")
   assert module == loaded[0]
   for a, b in zip(jax.tree.leaves(loaded[1]), jax.tree.leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
+  _same_model_from_detectron2(tmp_path, "hf", loaded,
+                              ["backbone.layers.0.blocks.1.attn.qkv.weight", "backbone.norm3.bias"])
   with open(tmp_path / "evil.pkl", "wb") as f:
     pickle.dump({"model": {"x": print}}, f)
   with pytest.raises(ValueError, match="evil.pkl: the pickle calls `builtins.print`.*could run arbitrary code"):
@@ -275,17 +281,13 @@ def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
 
 
 @pytest.fixture(scope="module")
-def resnet_reference():
-  return dict(np.load(FIXTURES / "reference_resnet.npz"))
+def resnet():
+  """(reference outputs, (module, params)) of the ResNet-backed fixture."""
+  return dict(np.load(FIXTURES / "reference_resnet.npz")), load_mask2former(FIXTURES / "hf_resnet")
 
 
-@pytest.fixture(scope="module")
-def resnet_loaded():
-  return load_mask2former(FIXTURES / "hf_resnet")
-
-
-def test_resnet_backed_model_equals_hugging_face(resnet_loaded, resnet_reference):
-  module, params = resnet_loaded
+def test_resnet_backed_model_equals_hugging_face(resnet):
+  resnet_reference, (module, params) = resnet
   assert type(module.backbone).__name__ == "ResNet" and module.backbone.depths == (1, 2, 1, 1)
   capture = lambda mdl, method: method == "__call__" and mdl.name == "backbone"
   forward = lambda p, x: module.apply({"params": p}, x, capture_intermediates=capture, mutable=["intermediates"])
@@ -298,24 +300,14 @@ def test_resnet_backed_model_equals_hugging_face(resnet_loaded, resnet_reference
   for i, aux in enumerate(outputs["aux_outputs"]):
     assert _relative_error(aux["pred_masks"], resnet_reference[f"aux_{i}_masks_queries_logits"]) < 1e-4, i
 
-
-def _same_params(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(x, y)
-
-
-def test_detectron2_resnet_checkpoint_reads_the_same_model(tmp_path, resnet_loaded):
-  state = _detectron2_state(load_file(FIXTURES / "hf_resnet" / "model.safetensors"))
-  assert "backbone.res3.1.conv2.norm.running_var" in state and "backbone.res2.0.shortcut.weight" in state
-  with open(tmp_path / "model_final_r50.pkl", "wb") as f:
-    pickle.dump({"model": state, "__author__": "test"}, f)
-  module, params = load_mask2former(tmp_path / "model_final_r50.pkl")
-  assert module == resnet_loaded[0]
-  _same_params(resnet_loaded[1], params)
+def test_detectron2_resnet_checkpoint_reads_the_same_model(tmp_path, resnet):
+  _same_model_from_detectron2(tmp_path, "hf_resnet", resnet[1],
+                              ["backbone.res3.1.conv2.norm.running_var", "backbone.res2.0.shortcut.weight"])
 
 
-def test_timm_resnet_backbone_directory(tmp_path, resnet_loaded):
+def test_timm_resnet_backbone_directory(tmp_path, resnet):
   """transformers' TimmBackbone holds timm's (torchvision's) ResNet names under `_backbone.`."""
+  resnet_loaded = resnet[1]
   rules = [(r"embedder\.embedder\.convolution\.", "conv1."), (r"embedder\.embedder\.normalization\.", "bn1."),
            (r"encoder\.stages\.(\d)\.layers\.", lambda m: f"layer{int(m.group(1)) + 1}."),
            (r"\.layer\.(\d)\.convolution\.", lambda m: f".conv{int(m.group(1)) + 1}."),
@@ -338,7 +330,8 @@ def test_timm_resnet_backbone_directory(tmp_path, resnet_loaded):
   (tmp_path / "config.json").write_text(json.dumps(config))
   module, params = load_mask2former(tmp_path)
   assert module == resnet_loaded[0]
-  _same_params(resnet_loaded[1], params)
+  for a, b in zip(jax.tree.leaves(resnet_loaded[1]), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
   deep_stem = {k.replace("_backbone.conv1.", "_backbone.conv1.0."): v for k, v in state.items()}
   save_file(deep_stem, str(tmp_path / "model.safetensors"))
   with pytest.raises(ValueError, match=r"timm backbone 'resnet50' has no .*conv1.weight; only ResNets with the 7x7"):
