@@ -6,7 +6,7 @@ index `data.class_names`; the classes of `data.unseen_classes` are held out (zer
 ignored, so they are neither a target nor "no object"), the others are the training classes, numbered in order.
 
 Crops follow Mask2Former's semantic dataset mapper (`data_pipelines.segmentation_crops` with detectron2's
-shortest-edge resize, the category-area rule, flip, padding with ignore). Each crop becomes MaskFormer's semantic
+shortest-edge resize, the category-area rule, ColorAugSSD with `data.color_aug`, flip, padding with ignore). Each crop becomes MaskFormer's semantic
 targets: one binary mask per training class present, here as a segment-index map (`segments`: the target index
 of each pixel, -1 where ignored) and the targets' classes padded with -1 to `data.max_targets`. An image with more
 classes keeps the `max_targets` largest; the others' pixels are ignored.
@@ -87,7 +87,7 @@ def samples(config: ml_collections.ConfigDict) -> tuple[int, Callable[[int], tup
 def crop_spec(config: ml_collections.ConfigDict) -> CropSpec:
   d = config.data
   return CropSpec(crop_size=d.crop_size, cat_max_ratio=d.cat_max_ratio, ignore_index=IGNORE,
-                  short_sides=tuple(d.short_sides), max_size=d.max_size)
+                  short_sides=tuple(d.short_sides), max_size=d.max_size, color_aug=bool(d.get("color_aug", False)))
 
 
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
