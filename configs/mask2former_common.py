@@ -23,12 +23,13 @@ def semantic(class_names: tuple[str, ...], crop_size: int, short_sides: tuple[in
   c.data.split = "train"
   c.data.class_names = class_names  # The label ids' names, as the dataset reader lists them.
   c.data.unseen_classes = ()  # Held out of training: their pixels are ignored.
-  # INPUT: MIN_SIZE_TRAIN (short side chosen from these), MAX_SIZE_TRAIN, CROP.SIZE, SINGLE_CATEGORY_MAX_AREA.
-  # COLOR_AUG_SSD (photometric distortion) is data.photometric, applied by the tf.data pipeline only.
+  # INPUT: MIN_SIZE_TRAIN (short side chosen from these), MAX_SIZE_TRAIN, CROP.SIZE, SINGLE_CATEGORY_MAX_AREA,
+  # COLOR_AUG_SSD True (detectron2's ColorAugSSDTransform on each crop).
   c.data.crop_size = crop_size
   c.data.short_sides = short_sides
   c.data.max_size = max_size
   c.data.cat_max_ratio = 1.0
+  c.data.color_aug = True
   c.data.max_targets = 64  # Classes per crop kept as targets (padding for static shapes).
   c.data.workers = 8
   # A dataset prepared as TensorFlow Datasets (`python -m data_pipelines.prepare NAME --manual_dir --data_dir`),
@@ -36,7 +37,6 @@ def semantic(class_names: tuple[str, ...], crop_size: int, short_sides: tuple[in
   c.data.tfds_name = ""
   c.data.tfds_dir = ""
   c.data.shuffle_buffer = 1024
-  c.data.photometric = False  # INPUT.COLOR_AUG_SSD (only with tfds_name).
 
   c.model = ml_collections.ConfigDict()
   # MODEL.WEIGHTS detectron2://ImageNetPretrained/torchvision/R-50.pkl: set checkpoint to that file (or a
@@ -51,6 +51,10 @@ def semantic(class_names: tuple[str, ...], crop_size: int, short_sides: tuple[in
   # queries' own prediction), PRE_NORM False, DROPOUT 0.0 (the pixel decoder's encoder uses it too).
   c.model.decoder = ml_collections.ConfigDict(dict(
       num_queries=100, hidden_dim=256, num_heads=8, ffn_dim=2048, num_layers=9, dropout_rate=0.0))
+  # Names the queries' classes: 'head' (the K+1 linear head, as released) or 'text' (cosine with text embeddings
+  # of class names from the frozen CLIP `text_encoder`, plus a learned no-object embedding; any vocabulary).
+  c.model.classifier = ml_collections.ConfigDict(dict(
+      kind="head", text_encoder="", embed_dim=0, templates="single", temperature=0.07, learn_temperature=True))
   c.model.dtype = "float32"
 
   # CLASS_WEIGHT 2, MASK_WEIGHT 5, DICE_WEIGHT 5, NO_OBJECT_WEIGHT 0.1, TRAIN_NUM_POINTS 12544,

@@ -5,7 +5,9 @@ aspect kept, so the image fits `scale` (2048 x 512) times a random ratio in `rat
 `crop_size` crop, redrawn up to ten times while one class covers more than `cat_max_ratio` of its labelled
 pixels; a random horizontal flip; padding to `crop_size` (image 0, label ignore). mmseg's photometric
 distortion is not applied. With `short_sides`, the resize is detectron2's `ResizeShortestEdge` instead (Mask2Former's
-semantic configs): the short side one of `short_sides` at random, the long side at most `max_size`.
+semantic configs): the short side one of `short_sides` at random, the long side at most `max_size`; `color_aug`
+applies detectron2's ColorAugSSDTransform to the crop before the flip, as Mask2Former's mappers order them
+(`data_pipelines.color_augmentation`).
 
 The order is an endless sequence of seeded per-epoch permutations, and every sample's randomness is keyed by
 (seed, step, slot), so a resumed run continues exactly where its checkpoint was taken. A thread pool reads
@@ -20,6 +22,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from data_pipelines import color_augmentation
+
 
 @dataclasses.dataclass(frozen=True)
 class CropSpec:
@@ -30,6 +34,7 @@ class CropSpec:
   ignore_index: int = 255
   short_sides: tuple[int, ...] = ()  # detectron2's resize: short side chosen from these (then `scale` is unused).
   max_size: int = 0  # Its cap on the long side (0: none).
+  color_aug: bool = False  # detectron2's ColorAugSSDTransform on the crop.
 
 
 def sample_indices(n: int, seed: int, start: int, count: int) -> np.ndarray:
@@ -80,6 +85,8 @@ def augment(image: np.ndarray, label: np.ndarray, spec: CropSpec,
   image, label = _rescale(image, label, spec, rng)
   y, x, ch, cw = _crop_box(label, spec, rng)
   image, label = image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+  if spec.color_aug:
+    image = color_augmentation.color_aug_ssd(image, rng)
   if rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
   out_image = np.zeros((spec.crop_size, spec.crop_size, 3), np.uint8)

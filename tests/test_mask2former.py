@@ -1,5 +1,6 @@
-"""Mask2Former: parity with Hugging Face's `Mask2FormerForUniversalSegmentation` on the tiny random checkpoint
-in tests/fixtures/mask2former (made by tools/make_mask2former_fixtures.py), bilinear sampling against
+"""Mask2Former: parity with Hugging Face's `Mask2FormerForUniversalSegmentation` on the tiny random checkpoints
+(Swin and ResNet backbones) in tests/fixtures/mask2former (made by tools/make_mask2former_fixtures.py), the
+same models read from detectron2 and timm key layouts, bilinear sampling against
 `F.grid_sample`, the masked-attention rule, and clear errors for bad directories."""
 import json
 import pickle
@@ -180,8 +181,8 @@ def test_bad_directories_are_named(tmp_path):
   config = json.loads((FIXTURES / "hf" / "config.json").read_text())
   shutil.copy(FIXTURES / "hf" / "model.safetensors", tmp_path / "model.safetensors")
   (tmp_path / "config.json").write_text(json.dumps({**config, "backbone_config": {
-      **config["backbone_config"], "model_type": "resnet"}}))
-  with pytest.raises(ValueError, match=r"config.json: not a supported .*backbone_config.model_type 'resnet'"):
+      **config["backbone_config"], "model_type": "vit"}}))
+  with pytest.raises(ValueError, match=r"config.json: not a supported .*backbone_config.model_type 'vit'"):
     load_mask2former(tmp_path)
   (tmp_path / "config.json").write_text(json.dumps({**config, "num_queries": 9}))
   with pytest.raises(ValueError, match=r"model.safetensors: expected a Mask2Former .*queries_embedder.weight"):
@@ -226,9 +227,19 @@ def _detectron2_state(hf: dict) -> dict:
       (r"decoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"transformer_self_attention_layers.\1.norm."),
       (r"decoder\.layers\.(\d+)\.fc(\d)\.", r"transformer_ffn_layers.\1.linear\2."),
       (r"decoder\.layers\.(\d+)\.final_layer_norm\.", r"transformer_ffn_layers.\1.norm."),
-      (r"^class_predictor\.", "sem_seg_head.predictor.class_embed.")]
+      (r"^class_predictor\.", "sem_seg_head.predictor.class_embed."),
+      # ResNet: Hugging Face's names -> detectron2's.
+      (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.convolution\.", "backbone.stem.conv1."),
+      (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.normalization\.", "backbone.stem.conv1.norm."),
+      (r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d)\.layers\.(\d+)\.",
+       lambda m: f"backbone.res{int(m.group(1)) + 2}.{m.group(2)}."),
+      (r"\.layer\.(\d)\.convolution\.", lambda m: f".conv{int(m.group(1)) + 1}."),
+      (r"\.layer\.(\d)\.normalization\.", lambda m: f".conv{int(m.group(1)) + 1}.norm."),
+      (r"\.shortcut\.convolution\.", ".shortcut."), (r"\.shortcut\.normalization\.", ".shortcut.norm.")]
   out, fused = {}, {}
   for key, value in hf.items():
+    if key.endswith("num_batches_tracked"):  # detectron2's frozen norms count nothing.
+      continue
     if m := re.match(r"(.*blocks\.\d+)\.attention\.self\.(query|key|value)\.(weight|bias)", key):
       fused.setdefault((m.group(1) + ".attn.qkv", m.group(3)), {})[m.group(2)] = value
       continue
@@ -248,16 +259,84 @@ def _detectron2_state(hf: dict) -> dict:
   return out
 
 
-def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
-  state = _detectron2_state(load_file(FIXTURES / "hf" / "model.safetensors"))
-  assert "backbone.layers.0.blocks.1.attn.qkv.weight" in state and "backbone.norm3.bias" in state
+def _same_model_from_detectron2(tmp_path, hf_directory, loaded, keys):
+  """The fixture's weights under detectron2's names (with `keys` among them) load as the same model."""
+  state = _detectron2_state(load_file(FIXTURES / hf_directory / "model.safetensors"))
+  assert all(k in state for k in keys), keys
   with open(tmp_path / "model_final.pkl", "wb") as f:
     pickle.dump({"model": state, "__author__": "test"}, f)
   module, params = load_mask2former(tmp_path / "model_final.pkl")
   assert module == loaded[0]
   for a, b in zip(jax.tree.leaves(loaded[1]), jax.tree.leaves(params), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_detectron2_checkpoint_reads_the_same_model(tmp_path, loaded):
+  _same_model_from_detectron2(tmp_path, "hf", loaded,
+                              ["backbone.layers.0.blocks.1.attn.qkv.weight", "backbone.norm3.bias"])
   with open(tmp_path / "evil.pkl", "wb") as f:
     pickle.dump({"model": {"x": print}}, f)
   with pytest.raises(ValueError, match="evil.pkl: the pickle calls `builtins.print`.*could run arbitrary code"):
     load_mask2former(tmp_path / "evil.pkl")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+  """(reference outputs, (module, params)) of the ResNet-backed fixture."""
+  return dict(np.load(FIXTURES / "reference_resnet.npz")), load_mask2former(FIXTURES / "hf_resnet")
+
+
+def test_resnet_backed_model_equals_hugging_face(resnet):
+  resnet_reference, (module, params) = resnet
+  assert type(module.backbone).__name__ == "ResNet" and module.backbone.depths == (1, 2, 1, 1)
+  capture = lambda mdl, method: method == "__call__" and mdl.name == "backbone"
+  forward = lambda p, x: module.apply({"params": p}, x, capture_intermediates=capture, mutable=["intermediates"])
+  outputs, state = jax.jit(forward)(params, resnet_reference["images"])
+  features = state["intermediates"]["backbone"]["__call__"][0]
+  for stride in (4, 8, 16, 32):
+    assert _relative_error(features[stride], resnet_reference[f"backbone_stride{stride}"]) < 1e-4, stride
+  assert _relative_error(outputs["pred_logits"], resnet_reference["class_queries_logits"]) < 1e-4
+  assert _relative_error(outputs["pred_masks"], resnet_reference["masks_queries_logits"]) < 1e-4
+  for i, aux in enumerate(outputs["aux_outputs"]):
+    assert _relative_error(aux["pred_masks"], resnet_reference[f"aux_{i}_masks_queries_logits"]) < 1e-4, i
+
+def test_detectron2_resnet_checkpoint_reads_the_same_model(tmp_path, resnet):
+  _same_model_from_detectron2(tmp_path, "hf_resnet", resnet[1],
+                              ["backbone.res3.1.conv2.norm.running_var", "backbone.res2.0.shortcut.weight"])
+
+
+def test_timm_resnet_backbone_directory(tmp_path, resnet):
+  """transformers' TimmBackbone holds timm's (torchvision's) ResNet names under `_backbone.`."""
+  resnet_loaded = resnet[1]
+  rules = [(r"embedder\.embedder\.convolution\.", "conv1."), (r"embedder\.embedder\.normalization\.", "bn1."),
+           (r"encoder\.stages\.(\d)\.layers\.", lambda m: f"layer{int(m.group(1)) + 1}."),
+           (r"\.layer\.(\d)\.convolution\.", lambda m: f".conv{int(m.group(1)) + 1}."),
+           (r"\.layer\.(\d)\.normalization\.", lambda m: f".bn{int(m.group(1)) + 1}."),
+           (r"\.shortcut\.convolution\.", ".downsample.0."), (r"\.shortcut\.normalization\.", ".downsample.1.")]
+  prefix = "model.pixel_level_module.encoder."
+  state = {}
+  for key, value in load_file(FIXTURES / "hf_resnet" / "model.safetensors").items():
+    if key.startswith(prefix):
+      key = key.removeprefix(prefix)
+      for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+      key = f"{prefix}_backbone.{key}"
+    state[key] = value
+  assert f"{prefix}_backbone.layer2.1.bn3.running_mean" in state
+  save_file(state, str(tmp_path / "model.safetensors"))
+  config = json.loads((FIXTURES / "hf_resnet" / "config.json").read_text())
+  config["backbone_config"] = {"model_type": "timm_backbone", "backbone": "resnet50", "out_indices": [1, 2, 3, 4],
+                               "features_only": True, "num_channels": 3}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  module, params = load_mask2former(tmp_path)
+  assert module == resnet_loaded[0]
+  for a, b in zip(jax.tree.leaves(resnet_loaded[1]), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  deep_stem = {k.replace("_backbone.conv1.", "_backbone.conv1.0."): v for k, v in state.items()}
+  save_file(deep_stem, str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match=r"timm backbone 'resnet50' has no .*conv1.weight; only ResNets with the 7x7"):
+    load_mask2former(tmp_path)
+  config["backbone_config"]["out_indices"] = [2, 3, 4]
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match=r"backbone_config.out_indices \[2, 3, 4\] \(expected \[1, 2, 3, 4\]\)"):
+    load_mask2former(tmp_path)

@@ -1,10 +1,13 @@
 r"""Writes the Mask2Former parity fixtures: a tiny random Hugging Face `Mask2FormerForUniversalSegmentation`
-(Swin backbone) saved as a model directory, its outputs on random images, and `F.grid_sample` /
-multi-scale deformable attention on random inputs.
+saved as a model directory, its outputs on random images, and (Swin only) `F.grid_sample` / multi-scale
+deformable attention on random inputs.
 
 Needs torch and transformers (never dependencies of the project); run by hand from the repository root:
 
   python tools/make_mask2former_fixtures.py --out=tests/fixtures/mask2former
+  python tools/make_mask2former_fixtures.py --out=tests/fixtures/mask2former --backbone=resnet
+
+The ResNet-backed model is written to hf_resnet/ and reference_resnet.npz beside the Swin one.
 
 The image is not square (64x96) so that any swap of height and width shows; the Swin stages (16x24 ... 2x3
 tokens, window 4) exercise shifted windows, padding and windows larger than the map.
@@ -16,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig, SwinConfig
 from transformers.models.mask2former import modeling_mask2former
 
 IMAGE_HW = (64, 96)
 SWIN = dict(image_size=64, patch_size=4, embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 1, 2, 2], window_size=4,
             drop_path_rate=0.0, out_features=["stage1", "stage2", "stage3", "stage4"])
+# Two blocks in res3 so that a block without a projected shortcut is covered.
+RESNET = dict(embedding_size=8, hidden_sizes=[16, 32, 48, 64], depths=[1, 2, 1, 1],
+              out_features=["stage1", "stage2", "stage3", "stage4"])
 MASK2FORMER = dict(feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=48,
                    dim_feedforward=64, encoder_layers=2, decoder_layers=4, num_queries=8, num_labels=5,
                    num_attention_heads=8)
@@ -41,6 +47,11 @@ def randomize(model: torch.nn.Module) -> None:
         p.add_(0.2 * torch.randn_like(p))
       elif float(p.std()) == 0.0:  # Deformable attention's offset and weight projections start at zero.
         p.normal_(0, 0.1)
+    for name, b in model.named_buffers():  # Batch norm statistics of a ResNet backbone.
+      if name.endswith("running_mean"):
+        b.normal_(0, 0.2)
+      elif name.endswith("running_var"):
+        b.uniform_(0.5, 1.5)
 
 
 def attention_mask_statistics(result) -> tuple[float, float]:
@@ -84,12 +95,15 @@ def grid_sample_case(rng: np.random.Generator) -> dict[str, np.ndarray]:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--out", type=Path, required=True)
-  out = parser.parse_args().out
+  parser.add_argument("--backbone", choices=("swin", "resnet"), default="swin")
+  args = parser.parse_args()
+  out, swin = args.out, args.backbone == "swin"
   out.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(2, *IMAGE_HW, 3)).astype(np.float32)
   pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-  config = Mask2FormerConfig(backbone_config=SwinConfig(**SWIN), output_auxiliary_logits=True, **MASK2FORMER)
+  backbone = SwinConfig(**SWIN) if swin else ResNetConfig(**RESNET)
+  config = Mask2FormerConfig(backbone_config=backbone, output_auxiliary_logits=True, **MASK2FORMER)
   for seed in range(1000):  # The first model whose attention masks mask, decided well above float noise.
     torch.manual_seed(seed)
     model = Mask2FormerForUniversalSegmentation(config).eval()
@@ -101,7 +115,8 @@ def main() -> None:
       break
   print(f"seed {seed}: smallest |mask logit| at an attention-mask threshold {margin:.2g}, at least "
         f"{masked:.0%} of the pixels masked and kept in each attention mask")
-  model.save_pretrained(out / "hf")
+  suffix = "" if swin else "_resnet"
+  model.save_pretrained(out / f"hf{suffix}")
   nhwc = lambda t: t.numpy().transpose(0, 2, 3, 1)
   reference = {"images": images, "class_queries_logits": result.class_queries_logits.numpy(),
                "masks_queries_logits": result.masks_queries_logits.numpy(),
@@ -113,9 +128,10 @@ def main() -> None:
   for i, aux in enumerate(result.auxiliary_logits):
     reference[f"aux_{i}_class_queries_logits"] = aux["class_queries_logits"].numpy()
     reference[f"aux_{i}_masks_queries_logits"] = aux["masks_queries_logits"].numpy()
-  reference.update(deformable_attention_case(rng))
-  reference.update(grid_sample_case(rng))
-  np.savez_compressed(out / "reference.npz", **reference)
+  if swin:
+    reference.update(deformable_attention_case(rng))
+    reference.update(grid_sample_case(rng))
+  np.savez_compressed(out / f"reference{suffix}.npz", **reference)
   print(json.dumps({k: list(v.shape) for k, v in reference.items()}))
 
 

@@ -1,5 +1,5 @@
 """Blocks shared by the image and text towers: MLP, pre-LN transformer block, conv + GroupNorm, 2D sine
-position encoding.
+position encoding, unit-length normalisation.
 
 Every module takes `dtype` (computation) and `param_dtype` (storage) so mixed precision is a config switch.
 """
@@ -21,6 +21,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(nn.gelu, approximate=False),
     "relu": nn.relu,
 }
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along `axis` (rsqrt form: finite gradients at zero vectors)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:

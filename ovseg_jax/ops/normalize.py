@@ -1,6 +1,9 @@
 """Normalisation of images (pixel statistics) and of embeddings (unit length), shared by every method."""
-import jax
 import jax.numpy as jnp
+
+from ovseg_jax.models.layers import l2_normalize  # Re-exported: models need it too.
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MEAN", "PIXEL_STD", "l2_normalize", "normalize_images"]
 
 # CLIP's pixel statistics; the models see images normalised with them.
 PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -15,8 +18,3 @@ def normalize_images(images_uint8: jnp.ndarray, mean: tuple[float, ...] = PIXEL_
   """uint8 NHWC -> float32 NHWC normalised with `mean` and `std` (CLIP's by default)."""
   x = images_uint8.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean)) / jnp.asarray(std)
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along `axis` (rsqrt form: finite gradients at zero vectors)."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))

@@ -2,8 +2,8 @@
 `ovseg_jax.models.mask2former.Mask2Former` they describe and its params, read without torch.
 
 Both key layouts are read: the one checkpoints on the Hub use (`attention.self.query`, ...) and the one of
-newer transformers releases (`swin.` prefix, `attention.q_proj`, ...), which is renamed to the first. Swin
-backbone keys are renamed to the released Swin layout and read by `ovseg_jax.weights.swin`. A
+newer transformers releases (`swin.` prefix, `attention.q_proj`, ...), which is renamed to the first. The
+backbone (Swin, ResNet or a timm ResNet) is read by `ovseg_jax.weights.mask2former_backbones`. A
 `Mask2FormerModel` directory (no class head) gives a model with `num_classes=0`.
 """
 from __future__ import annotations
@@ -13,28 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import numpy as np
 
 from ovseg_jax.models.mask2former import Mask2Former
 from ovseg_jax.models.mask2former_decoder import MaskedAttentionDecoder
 from ovseg_jax.models.mask2former_pixel_decoder import MSDeformAttnPixelDecoder
-from ovseg_jax.models.swin import Swin
 import ovseg_jax.weights.convert as convert
+import ovseg_jax.weights.mask2former_backbones as mask2former_backbones
 import ovseg_jax.weights.mask2former_detectron2 as mask2former_detectron2
-import ovseg_jax.weights.swin as swin
 from ovseg_jax.weights.hf_directory import read_hf_directory
 
-_BACKBONE = "model.pixel_level_module.encoder."
+_BACKBONE = mask2former_backbones.PREFIX
 _PIXEL = "model.pixel_level_module.decoder."
 _TRANSFORMER = "model.transformer_module."
 _IGNORED = re.compile(  # The loss's class weights, SwinModel's unused final norm, derived buffers.
-    r"criterion\.|model\.pixel_level_module\.encoder\.(swin\.)?layernorm\.|.*relative_position_index$")
-# Newer transformers names of the Swin backbone -> the names of the checkpoints on the Hub.
-_NEW_TO_HUB = [(re.compile(p), r) for p, r in [
-    (r"^swin\.", ""), (r"attention\.q_proj", "attention.self.query"), (r"attention\.k_proj", "attention.self.key"),
-    (r"attention\.v_proj", "attention.self.value"), (r"attention\.o_proj", "attention.output.dense"),
-    (r"attention\.relative_position_bias\.relative_position_bias_table", "attention.self.relative_position_bias_table"),
-    (r"mlp\.fc1", "intermediate.dense"), (r"mlp\.fc2", "output.dense")]]
+    r"criterion\.|model\.pixel_level_module\.encoder\.(swin\.)?layernorm\.|.*relative_position_index$"
+    r"|.*\.num_batches_tracked$")
 
 
 def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
@@ -55,10 +50,11 @@ def load_mask2former(path: str | Path) -> tuple[Mask2Former, dict[str, Any]]:
 def _build(config: Mapping[str, Any], config_name: str, state: Mapping[str, np.ndarray],
            path: Path) -> tuple[Mask2Former, dict[str, Any]]:
   num_classes = len(config.get("id2label") or {}) if "class_predictor.weight" in state else 0
-  module = _module(config, config_name, num_classes)
-  convert.check_keys(state, _expected(module), _IGNORED, path,
+  backbone = mask2former_backbones.backbone_reader(config.get("backbone_config") or {}, config_name, state, path)
+  module = _module(config, config_name, num_classes, backbone.module)
+  convert.check_keys(state, {**backbone.expected, **_expected(module, backbone.channels)}, _IGNORED, path,
                      f"a Mask2Former state dict matching {Path(config_name).name}")
-  return module, _params(state, module, path)
+  return module, {"backbone": backbone.read(state, path), **_params(state, module)}
 
 
 def _hub_layout(obj: Any, path: Path) -> dict[str, np.ndarray]:
@@ -70,36 +66,21 @@ def _hub_layout(obj: Any, path: Path) -> dict[str, np.ndarray]:
   state = {}
   for key, value in obj.items():
     if key.startswith(_BACKBONE):
-      rest = key.removeprefix(_BACKBONE)
-      for pattern, replacement in _NEW_TO_HUB:
-        rest = pattern.sub(replacement, rest)
-      key = _BACKBONE + rest
+      key = _BACKBONE + mask2former_backbones.hub_key(key.removeprefix(_BACKBONE))
     state[key] = value
   return state
 
 
-def _module(config: Mapping[str, Any], config_name: str, num_classes: int) -> Mask2Former:
-  backbone = config.get("backbone_config") or {}
+def _module(config: Mapping[str, Any], config_name: str, num_classes: int, encoder: nn.Module) -> Mask2Former:
   expected = {"model_type": ("mask2former", config.get("model_type")),
-              "backbone_config.model_type": ("swin", backbone.get("model_type")),
-              "backbone_config.patch_size": (4, backbone.get("patch_size", 4)),
-              "backbone_config.mlp_ratio": (4.0, backbone.get("mlp_ratio", 4.0)),
-              "backbone_config.hidden_act": ("gelu", backbone.get("hidden_act", "gelu")),
-              "backbone_config.layer_norm_eps": (1e-5, backbone.get("layer_norm_eps", 1e-5)),
-              "backbone_config.use_absolute_embeddings": (False, backbone.get("use_absolute_embeddings", False)),
-              "backbone_config.qkv_bias": (True, backbone.get("qkv_bias", True)),
-              "backbone_config.out_features": (["stage1", "stage2", "stage3", "stage4"],
-                                               backbone.get("out_features")),
               "pre_norm": (False, config.get("pre_norm", False)),
               "activation_function": ("relu", config.get("activation_function", "relu")),
               "feature_strides": ([4, 8, 16, 32], list(config.get("feature_strides", [4, 8, 16, 32])))}
   problems = [f"{k} {found!r} (expected {want!r})" for k, (want, found) in expected.items() if want != found]
   if problems:
-    raise ValueError(f"{config_name}: not a supported Mask2Former config (Swin backbone, post-norm decoder): "
+    raise ValueError(f"{config_name}: not a supported Mask2Former config (post-norm decoder): "
                      f"{'; '.join(problems)}.")
   dropout = float(config.get("dropout", 0.0))
-  encoder = Swin(backbone["embed_dim"], tuple(backbone["depths"]), tuple(backbone["num_heads"]),
-                 window=backbone["window_size"], drop_path_rate=float(backbone.get("drop_path_rate", 0.0)))
   pixel_decoder = MSDeformAttnPixelDecoder(
       conv_dim=config.get("feature_size", 256), mask_dim=config.get("mask_feature_size", 256),
       num_layers=config.get("encoder_layers", 6), num_heads=config.get("num_attention_heads", 8),
@@ -119,32 +100,14 @@ def _fpn_strides(module: Mask2Former) -> list[int]:
   return [s for s in (4, 8, 16, 32)[:-p.num_levels] if s >= p.common_stride]
 
 
-def _expected(module: Mask2Former) -> dict[str, tuple[int, ...]]:
-  """Shape of every key of the Hugging Face checkpoint of `module`."""
-  b, p, d = module.backbone, module.pixel_decoder, module.decoder
-  channels = [b.embed_dim * 2 ** s for s in range(len(b.depths))]
+def _expected(module: Mask2Former, channels: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+  """Shape of every key of the Hugging Face checkpoint of `module` but the backbone's, whose stages have
+  `channels` (strides 4 to 32)."""
+  p, d = module.pixel_decoder, module.decoder
   shapes: dict[str, tuple[int, ...]] = {}
   linear = lambda key, out, inp, bias=True: shapes.update(
       {f"{key}.weight": (out, inp), **({f"{key}.bias": (out,)} if bias else {})})
   norm = lambda key, n: shapes.update({f"{key}.weight": (n,), f"{key}.bias": (n,)})
-  e = _BACKBONE
-  shapes[f"{e}embeddings.patch_embeddings.projection.weight"] = (b.embed_dim, 3, 4, 4)
-  shapes[f"{e}embeddings.patch_embeddings.projection.bias"] = (b.embed_dim,)
-  norm(f"{e}embeddings.norm", b.embed_dim)
-  for s, (depth, heads, c) in enumerate(zip(b.depths, b.num_heads, channels)):
-    for i in range(depth):
-      k = f"{e}encoder.layers.{s}.blocks.{i}"
-      norm(f"{k}.layernorm_before", c)
-      norm(f"{k}.layernorm_after", c)
-      for name in ("self.query", "self.key", "self.value", "output.dense"):
-        linear(f"{k}.attention.{name}", c, c)
-      shapes[f"{k}.attention.self.relative_position_bias_table"] = ((2 * b.window - 1) ** 2, heads)
-      linear(f"{k}.intermediate.dense", 4 * c, c)
-      linear(f"{k}.output.dense", c, 4 * c)
-    if s < len(b.depths) - 1:
-      norm(f"{e}encoder.layers.{s}.downsample.norm", 4 * c)
-      linear(f"{e}encoder.layers.{s}.downsample.reduction", 2 * c, 4 * c, bias=False)
-    norm(f"{e}hidden_states_norms.stage{s + 1}", c)
   c = p.conv_dim
   for i, stride_channels in enumerate(channels[::-1][:p.num_levels]):
     shapes[f"{_PIXEL}input_projections.{i}.0.weight"] = (c, stride_channels, 1, 1)
@@ -196,32 +159,6 @@ def _expected(module: Mask2Former) -> dict[str, tuple[int, ...]]:
   return shapes
 
 
-def _swin_released_layout(state: Mapping[str, np.ndarray], depths: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """The backbone's Hub keys renamed to the released Swin layout that `weights.swin` reads."""
-  get = lambda key: state[_BACKBONE + key]
-  out = {"patch_embed.proj.weight": get("embeddings.patch_embeddings.projection.weight"),
-         "patch_embed.proj.bias": get("embeddings.patch_embeddings.projection.bias"),
-         "patch_embed.norm.weight": get("embeddings.norm.weight"), "patch_embed.norm.bias": get("embeddings.norm.bias")}
-  for s, depth in enumerate(depths):
-    for i in range(depth):
-      hf, ours = f"encoder.layers.{s}.blocks.{i}", f"layers.{s}.blocks.{i}"
-      renames = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
-                 "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
-      for name, new in renames.items():
-        for param in ("weight", "bias"):
-          out[f"{ours}.{new}.{param}"] = get(f"{hf}.{name}.{param}")
-      for param in ("weight", "bias"):
-        out[f"{ours}.attn.qkv.{param}"] = np.concatenate(
-            [get(f"{hf}.attention.self.{n}.{param}") for n in ("query", "key", "value")])
-      out[f"{ours}.attn.relative_position_bias_table"] = get(f"{hf}.attention.self.relative_position_bias_table")
-    if s < len(depths) - 1:
-      for param in ("norm.weight", "norm.bias", "reduction.weight"):
-        out[f"layers.{s}.downsample.{param}"] = get(f"encoder.layers.{s}.downsample.{param}")
-    for param in ("weight", "bias"):
-      out[f"norm{s}.{param}"] = get(f"hidden_states_norms.stage{s + 1}.{param}")
-  return out
-
-
 def _conv_norm(state: Mapping[str, np.ndarray], key: str, bias: bool) -> dict[str, Any]:
   """torch Sequential(Conv2d, GroupNorm) -> `ConvNorm` params."""
   conv = {"kernel": convert.f32(state[f"{key}.0.weight"].transpose(2, 3, 1, 0))}
@@ -230,10 +167,9 @@ def _conv_norm(state: Mapping[str, np.ndarray], key: str, bias: bool) -> dict[st
   return {"conv": conv, "norm": convert.layer_norm(state, f"{key}.1")}
 
 
-def _params(state: Mapping[str, np.ndarray], module: Mask2Former, path: Path) -> dict[str, Any]:
-  b, p, d = module.backbone, module.pixel_decoder, module.decoder
-  backbone = swin._read(path, _swin_released_layout(state, b.depths), b.embed_dim, b.depths, b.num_heads,
-                        b.window, f"(embed {b.embed_dim}, depths {b.depths})")
+def _params(state: Mapping[str, np.ndarray], module: Mask2Former) -> dict[str, Any]:
+  """The pixel decoder's and the transformer decoder's params."""
+  p, d = module.pixel_decoder, module.decoder
   pixel: dict[str, Any] = {"level_embed": convert.f32(state[f"{_PIXEL}level_embed"]),
                            "mask_features": convert.conv(state, f"{_PIXEL}mask_projection")}
   for i in range(p.num_levels):
@@ -273,4 +209,4 @@ def _params(state: Mapping[str, np.ndarray], module: Mask2Former, path: Path) ->
         "ffn": {"dense_0": convert.dense(state, f"{k}.fc1"), "dense_1": convert.dense(state, f"{k}.fc2")}}
   if d.num_classes:
     decoder["class_embed"] = convert.dense(state, "class_predictor")
-  return {"backbone": backbone, "pixel_decoder": pixel, "decoder": decoder}
+  return {"pixel_decoder": pixel, "decoder": decoder}

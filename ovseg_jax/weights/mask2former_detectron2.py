@@ -3,7 +3,8 @@
 
 The checkpoint has no config: the architecture is read from the tensor shapes (the transformer's head count
 from the deformable attention's sampling offsets: 3 levels x 4 points x 2 coordinates per head, as
-detectron2 builds it; the decoder shares that head count).
+detectron2 builds it; the decoder shares that head count). The backbone is Swin or detectron2's ResNet; the
+released R50/R101 models put the stride in the 3x3 conv (RESNETS.STRIDE_IN_1X1 False).
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from typing import Any
 import numpy as np
 
 import ovseg_jax.weights.pickle_files as pickle_files
+import ovseg_jax.weights.resnet as resnet
 import ovseg_jax.weights.torch_files as torch_files
 
 _PIXEL, _PREDICTOR = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
+_ENCODER = "model.pixel_level_module.encoder."
+_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 # (detectron2 pattern, Hugging Face name) for everything but the backbone and the fused self-attention.
 _RENAMES = [(re.compile(p), r) for p, r in [
     (rf"^{_PIXEL}input_proj\.", "model.pixel_level_module.decoder.input_projections."),
@@ -78,12 +82,15 @@ def _load(path: Path) -> dict[str, np.ndarray]:
 def read_detectron2(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(Hugging Face style config, state dict in the Hub's key layout) of a released Mask2Former checkpoint."""
   d2 = _load(path)
+  is_resnet = "backbone.stem.conv1.weight" in d2
   state: dict[str, np.ndarray] = {}
   for key, value in d2.items():
     if m := _SELF_ATTENTION.match(key):
       layer, kind = m.groups()
       for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3)):
         state[f"model.transformer_module.decoder.layers.{layer}.self_attn.{name}.{kind}"] = part
+    elif key.startswith("backbone.") and is_resnet:
+      state[_ENCODER + resnet.LAYOUTS["Hugging Face"](key.removeprefix("backbone."))] = value
     elif key.startswith("backbone."):
       state.update(_swin_to_hub(key, value))
     else:
@@ -91,11 +98,12 @@ def read_detectron2(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
       for pattern, replacement in _RENAMES:
         new = pattern.sub(replacement, new)
       state[new] = value
-  return _config(d2, state), state
+  backbone = _resnet_config(d2, path) if is_resnet else _swin_config(d2)
+  return {"backbone_config": backbone, **_config(state)}, state
 
 
 def _swin_to_hub(key: str, value: np.ndarray) -> dict[str, np.ndarray]:
-  e = "model.pixel_level_module.encoder."
+  e = _ENCODER
   if m := _SWIN_BLOCK.match(key):
     stage, block, rest = m.groups()
     prefix = f"{e}encoder.layers.{stage}.blocks.{block}."
@@ -119,18 +127,33 @@ def _count(state: Mapping[str, Any], pattern: str) -> int:
   return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
-def _config(d2: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _swin_config(d2: Mapping[str, np.ndarray]) -> dict[str, Any]:
   stages = _count(d2, r"backbone\.layers\.(\d+)\.")
   tables = [d2[f"backbone.layers.{s}.blocks.0.attn.relative_position_bias_table"] for s in range(stages)]
-  pixel = "model.pixel_level_module.decoder."
-  query_feat = state["model.transformer_module.queries_features.weight"]
-  config = {
-      "model_type": "mask2former", "backbone_config": {
-          "model_type": "swin", "embed_dim": int(d2["backbone.patch_embed.proj.weight"].shape[0]),
+  return {"model_type": "swin", "embed_dim": int(d2["backbone.patch_embed.proj.weight"].shape[0]),
           "depths": [_count(d2, rf"backbone\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages)],
           "num_heads": [int(t.shape[1]) for t in tables],
           "window_size": (int(round(tables[0].shape[0] ** 0.5)) + 1) // 2,
-          "out_features": [f"stage{s + 1}" for s in range(stages)]},
+          "out_features": [f"stage{s + 1}" for s in range(stages)]}
+
+
+def _resnet_config(d2: Mapping[str, np.ndarray], path: Path) -> dict[str, Any]:
+  """The Hugging Face ResNetConfig of detectron2's bottleneck ResNet in the checkpoint."""
+  backbone = {k.removeprefix("backbone."): v for k, v in d2.items() if k.startswith("backbone.")}
+  a = resnet.infer_architecture(backbone, resnet.LAYOUTS["detectron2"], path, stride_in_1x1=False)
+  if tuple(w * 4 for w in a.bottleneck_widths) != a.out_channels:
+    raise ValueError(f"{path}: a ResNet with bottleneck widths {a.bottleneck_widths} for outputs {a.out_channels}; "
+                     "only the standard 4x expansion (R50, R101, R152) is read.")
+  return {"model_type": "resnet", "embedding_size": a.stem_width, "hidden_sizes": list(a.out_channels),
+          "depths": list(a.depths), "layer_type": "bottleneck", "downsample_in_bottleneck": False,
+          "out_features": _STAGES[:len(a.depths)]}
+
+
+def _config(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  pixel = "model.pixel_level_module.decoder."
+  query_feat = state["model.transformer_module.queries_features.weight"]
+  config = {
+      "model_type": "mask2former",
       "feature_size": int(state[f"{pixel}input_projections.0.0.weight"].shape[0]),
       "mask_feature_size": int(state[f"{pixel}mask_projection.weight"].shape[0]),
       "encoder_layers": _count(state, rf"{re.escape(pixel)}encoder\.layers\.(\d+)\."),

@@ -56,7 +56,8 @@ def _rename(rules: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
   return rename
 
 
-_LAYOUTS: dict[str, Callable[[str], str]] = {
+# Layout name -> the function from a detectron2 key name to that layout's name of the same tensor.
+LAYOUTS: dict[str, Callable[[str], str]] = {
     "detectron2": lambda key: key,
     "torchvision": _rename((
         (r"^stem\.conv1\.norm\.", "bn1."), (r"^stem\.conv1\.", "conv1."),
@@ -82,7 +83,7 @@ def _blocks(a: ResNetArchitecture) -> list[tuple[str, int, int, int, bool]]:
   return blocks
 
 
-def _expected(a: ResNetArchitecture) -> dict[str, tuple[int, ...]]:
+def expected_shapes(a: ResNetArchitecture) -> dict[str, tuple[int, ...]]:
   """Every detectron2 key of the backbone and its shape."""
   shapes = {}
   def conv(key, out, cin, k):
@@ -114,7 +115,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, np.ndarray]:
 
 
 def _detect_layout(state: Mapping[str, np.ndarray], path: Path) -> str:
-  layout = next((name for name, key in _LAYOUTS.items() if key("stem.conv1.weight") in state), None)
+  layout = next((name for name, key in LAYOUTS.items() if key("stem.conv1.weight") in state), None)
   if layout is not None:
     return layout
   if "conv1_w" in state or any(re.match(r"res\d_\d+_branch", k) for k in state):
@@ -126,7 +127,7 @@ def _detect_layout(state: Mapping[str, np.ndarray], path: Path) -> str:
                    f"{sorted(state)[:6]}.")
 
 
-def _infer(state: Mapping[str, np.ndarray], name: Callable[[str], str], path: Path,
+def infer_architecture(state: Mapping[str, np.ndarray], name: Callable[[str], str], path: Path,
            stride_in_1x1: bool) -> ResNetArchitecture:
   """Depths and widths from the tensors: blocks per stage counted, widths from conv1/conv3 shapes."""
   depths, widths, outs = [], [], []
@@ -153,7 +154,7 @@ def _variant_architecture(variant: str, stride_in_1x1: bool) -> ResNetArchitectu
   return ResNetArchitecture(VARIANTS[variant], STEM_WIDTH, BOTTLENECK_WIDTHS, OUT_CHANNELS, stride_in_1x1)
 
 
-def _to_params(state: Mapping[str, np.ndarray], name: Callable[[str], str], a: ResNetArchitecture) -> dict[str, Any]:
+def to_params(state: Mapping[str, np.ndarray], name: Callable[[str], str], a: ResNetArchitecture) -> dict[str, Any]:
   """Conv OIHW -> HWIO kernels; norm weight/bias/running_mean/running_var -> scale/bias/mean/var."""
   def conv_norm(key):
     norm = {ours: convert.f32(state[name(f"{key}.norm.{theirs}")]) for theirs, ours in _NORM_ENTRIES.items()}
@@ -167,12 +168,12 @@ def _to_params(state: Mapping[str, np.ndarray], name: Callable[[str], str], a: R
 
 def _check_and_convert(state: Mapping[str, np.ndarray], layout: str, a: ResNetArchitecture,
                        path: Path) -> dict[str, Any]:
-  name = _LAYOUTS[layout]
-  expected = {name(k): shape for k, shape in _expected(a).items()}
+  name = LAYOUTS[layout]
+  expected = {name(k): shape for k, shape in expected_shapes(a).items()}
   what = next((f"{v} " for v in VARIANTS if a == _variant_architecture(v, a.stride_in_1x1)), "")
   convert.check_keys(state, expected, _IGNORED, path, f"a {layout}-layout bottleneck ResNet {what}(depths "
                      f"{a.depths}, stem {a.stem_width}, widths {a.bottleneck_widths}, outputs {a.out_channels})")
-  return _to_params(state, name, a)
+  return to_params(state, name, a)
 
 
 def _load_file(path: Path) -> Any:
@@ -201,14 +202,14 @@ def read_resnet(path: str | Path, variant: str | None = None, *,
                      "its config.json instead (it says where the stride sits).")
   stride_in_1x1 = bool(stride_in_1x1)
   architecture = (_variant_architecture(variant, stride_in_1x1) if variant else
-                  _infer(state, _LAYOUTS[layout], path, stride_in_1x1))
+                  infer_architecture(state, LAYOUTS[layout], path, stride_in_1x1))
   return architecture, _check_and_convert(state, layout, architecture, path)
 
 
 def _read_hf_directory(path: Path, variant: str | None,
                        stride_in_1x1: bool | None) -> tuple[ResNetArchitecture, dict[str, Any]]:
   config, config_file, state, weights = read_hf_directory(path, "ResNet")
-  architecture = _hf_architecture(config, config_file)
+  architecture = hf_architecture(config, config_file)
   if stride_in_1x1 is not None:
     architecture = dataclasses.replace(architecture, stride_in_1x1=stride_in_1x1)
   if variant and dataclasses.replace(architecture, stride_in_1x1=False) != _variant_architecture(variant, False):
@@ -218,7 +219,7 @@ def _read_hf_directory(path: Path, variant: str | None,
   return architecture, _check_and_convert(state, "Hugging Face", architecture, weights)
 
 
-def _hf_architecture(config: Mapping[str, Any], config_file: Path) -> ResNetArchitecture:
+def hf_architecture(config: Mapping[str, Any], config_file: Path) -> ResNetArchitecture:
   """The architecture a ResNetConfig describes (absent fields take ResNetConfig's defaults, as in transformers)."""
   get = lambda key, default: config.get(key, default)
   problems = []

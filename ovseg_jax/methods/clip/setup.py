@@ -24,7 +24,8 @@ def architecture(config: ml_collections.ConfigDict) -> ClipArchitecture:
 
 
 def _is_workdir(path: Path) -> bool:
-  return (workdirs.as_workdir(path) / "config.json").is_file()
+  """A training workdir's config.json names its trainer; a Hugging Face directory's does not."""
+  return (workdirs.as_workdir(path) / "config.json").is_file() and "trainer" in workdirs.read_config(path)
 
 
 def restore_params(workdir: str | Path, mesh: jax.sharding.Mesh) -> tuple[ClipArchitecture, Any, int]:
@@ -47,12 +48,17 @@ def pretrained(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tu
       raise ValueError("init.clip is empty: this config adapts a trained CLIP; give --config.init.clip=a CLIP file "
                        "(e.g. OpenAI's ViT-L-14.pt), a Hugging Face CLIPModel directory or a CLIP training workdir.")
     return None
+  return read_source(source, mesh, config.init.get("activation") or None)
+
+
+def read_source(source: str | Path, mesh: jax.sharding.Mesh,
+                activation: str | None = None) -> tuple[ClipArchitecture, Any]:
+  """(architecture, params) of a CLIP file, a Hugging Face CLIPModel directory or a CLIP training workdir."""
   path = Path(source).expanduser()
   if _is_workdir(path):
     arch, params, _ = restore_params(path, mesh)
     return arch, params
-  arch, params = read_clip(path, activation=config.init.get("activation") or None)
-  return arch, params
+  return read_clip(path, activation=activation)
 
 
 def check_architecture(config: ml_collections.ConfigDict, found: ClipArchitecture) -> None:

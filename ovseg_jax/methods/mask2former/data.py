@@ -10,14 +10,14 @@ training class is a target of its own (Mask2Former's panoptic mapper), and the t
 segment of an unseen class (the zero-shot panoptic rule of PADing and CONCAT).
 
 Crops follow Mask2Former's semantic dataset mapper (`data_pipelines.segmentation_crops` with detectron2's
-shortest-edge resize, the category-area rule, flip, padding with ignore). Each crop becomes MaskFormer's semantic
+shortest-edge resize, the category-area rule, ColorAugSSD with `data.color_aug`, flip, padding with ignore). Each crop becomes MaskFormer's semantic
 targets: one binary mask per training class present, here as a segment-index map (`segments`: the target index
 of each pixel, -1 where ignored) and the targets' classes padded with -1 to `data.max_targets`. An image with more
 classes keeps the `max_targets` largest; the others' pixels are ignored.
 
 With `data.tfds_name`, samples come instead from that dataset prepared as TensorFlow Datasets in `data.tfds_dir`
 (`python -m data_pipelines.prepare NAME --manual_dir=... --data_dir=...`) through the tf.data pipeline of
-`data_pipelines.supervised` (the same crop rules in TF ops, `data.photometric` for the photometric distortion),
+`data_pipelines.supervised` (the same crop rules in TF ops; `data.color_aug` there is the TF photometric distortion),
 each host reading its share; every host's read position is saved with the checkpoints. The demo's labelled
 scenes (`data.source='demo'`, `data.tfds_name='demo'`) are prepared on first use into WORKDIR/data unless
 `data.tfds_dir` names another data dir.
@@ -132,7 +132,7 @@ def crop_spec(config: ml_collections.ConfigDict) -> CropSpec:
   # Without short_sides: mmseg-style resize to fit `scale` x ratio (with scale (S, S): large-scale jitter).
   return CropSpec(crop_size=d.crop_size, cat_max_ratio=d.cat_max_ratio, ignore_index=IGNORE,
                   short_sides=tuple(d.short_sides), max_size=d.max_size, scale=tuple(d.get("scale", (2048, 512))),
-                  ratio_range=tuple(d.get("ratio_range", (0.5, 2.0))))
+                  ratio_range=tuple(d.get("ratio_range", (0.5, 2.0))), color_aug=bool(d.get("color_aug", False)))
 
 
 def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
@@ -187,14 +187,12 @@ def host_data(config: ml_collections.ConfigDict, workdir: epath.Path, data_posit
   """This host's batches (as `host_batches` gives them), from the prepared dataset `data.tfds_name` if set."""
   d = config.data
   if not d.get("tfds_name"):
-    if d.get("photometric"):
-      raise ValueError("data.photometric needs the tf.data pipeline: set data.tfds_name (and data.tfds_dir).")
     return fit.HostData(host_batches(config, start_step))
   data_dir = prepared_data_dir(config, workdir)
   pipeline = supervised.SupervisedPipeline(
       data_dir, d.tfds_name, d.split, config.batch_size // jax.process_count(), crop_spec(config), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), label_lookup=label_lookup(config),
-      targets=supervised.Targets(max_targets=d.max_targets, photometric=d.photometric),
+      targets=supervised.Targets(max_targets=d.max_targets, photometric=bool(d.get("color_aug", False))),
       shuffle_buffer=d.shuffle_buffer, position=_host_position(data_position))
   if tuple(pipeline.info.class_names) != tuple(d.class_names):
     raise ValueError(f"data.class_names ({len(d.class_names)}) differ from the prepared {d.tfds_name}'s "

@@ -1,6 +1,7 @@
 """Mask2Former's training set-up, built one way for the trainer, the memory planner and the benchmarks: the model
-(ResNet or Swin backbone by name, or a small custom ResNet), AdamW as Mask2Former's `build_optimizer` makes it,
-the sharded state and the jitted step (model, matching, point-sampled criterion, update).
+(ResNet or Swin backbone by name, or a small custom ResNet; the K+1 head or a text classifier, `classifier.py`),
+AdamW as Mask2Former's `build_optimizer` makes it, the sharded state and the jitted step (model, matching,
+point-sampled criterion, update). A text classifier's training-class embeddings are the step's frozen input.
 
 Optimizer (Mask2Former's released `train_net.py`): AdamW; the backbone's learning rate times
 `backbone_multiplier`; no weight decay on normalisation layers (GroupNorm, LayerNorm, frozen BatchNorm) and
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ovseg_jax.methods.mask2former import data
+from ovseg_jax.methods.mask2former import classifier, data
 from ovseg_jax.models import resnet, swin
 from ovseg_jax.models.backbones import checked_section
 from ovseg_jax.models.mask2former import Mask2Former
@@ -27,15 +28,17 @@ from ovseg_jax.models.mask2former_decoder import MaskedAttentionDecoder
 from ovseg_jax.models.mask2former_pixel_decoder import MSDeformAttnPixelDecoder
 from ovseg_jax.ops.mask2former_criterion import CriterionConfig, mask2former_loss
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from ovseg_jax.train import optim, progress
+from ovseg_jax.train import optim, progress, sharding
 from ovseg_jax.train.state import abstract_state, create_sharded_state, overlay_params
 from ovseg_jax.train.step import Trainable, make_step
 from ovseg_jax.weights.backbones import read_backbone_checkpoint
 from ovseg_jax.weights.resnet import read_resnet
 
 _CUSTOM_RESNET = ("depths", "stem_width", "bottleneck_widths", "out_channels")
-# Leaves never decayed (Mask2Former: nn.Embedding weights and Swin's position tables), besides norm layers.
-_EMBEDDINGS = ("query_feat", "query_embed", "relative_position_bias_table", "absolute_pos_embed")
+# Leaves never decayed (Mask2Former: nn.Embedding weights and Swin's position tables; a text classifier's
+# no-object embedding and logit scale), besides norm layers.
+_EMBEDDINGS = ("query_feat", "query_embed", "relative_position_bias_table", "absolute_pos_embed",
+               "no_object_embedding", "logit_scale")
 
 
 def build_backbone(cfg: Mapping[str, Any], dtype: Any) -> Any:
@@ -59,12 +62,25 @@ def build_backbone(cfg: Mapping[str, Any], dtype: Any) -> Any:
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int) -> Mask2Former:
-  """Mask2Former with a K+1 class head over `num_classes` training classes."""
+  """Mask2Former with `model.classifier`: a K+1 class head over `num_classes` training classes, or a text
+  classifier (called with `class_embeddings`)."""
   dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  query_classifier = classifier.build_classifier(cfg.get("classifier"), dtype)
   pixel_decoder = MSDeformAttnPixelDecoder(**dict(cfg.pixel_decoder), dtype=dtype)
-  decoder = MaskedAttentionDecoder(num_classes=num_classes, mask_dim=pixel_decoder.mask_dim, **dict(cfg.decoder),
-                                   dtype=dtype)
-  return Mask2Former(build_backbone(cfg.backbone, dtype), pixel_decoder, decoder)
+  decoder = MaskedAttentionDecoder(num_classes=num_classes if query_classifier is None else 0,
+                                   mask_dim=pixel_decoder.mask_dim, **dict(cfg.decoder), dtype=dtype)
+  return Mask2Former(build_backbone(cfg.backbone, dtype), pixel_decoder, decoder, query_classifier)
+
+
+def training_class_embeddings(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                              abstract: bool = False) -> jax.Array | jax.ShapeDtypeStruct | None:
+  """The text classifier's embeddings of the training classes (their shape with `abstract`); None for the head."""
+  cfg, names = config.model.get("classifier"), data.training_classes(config)
+  if classifier.classifier_section(cfg)["kind"] == "head":
+    return None
+  if abstract:
+    return classifier.abstract_embeddings(cfg, len(names))
+  return jax.device_put(classifier.TextEmbedder(cfg, mesh)(names), sharding.replicated(mesh))
 
 
 def pretrained_backbone(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -112,9 +128,11 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: 
   no checkpoint is read."""
   model = build_model(config.model, len(data.training_classes(config)))
   size = config.data.crop_size
+  class_embeddings = training_class_embeddings(config, mesh, abstract)
 
   def init_params(key):
-    return model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3)))["params"]
+    text = None if class_embeddings is None else jnp.zeros(class_embeddings.shape, class_embeddings.dtype)
+    return model.init({"params": key, "dropout": key}, jnp.zeros((1, size, size, 3)), class_embeddings=text)["params"]
 
   tx, schedule = make_optimizer(config.optimizer, config.total_steps, jax.eval_shape(init_params, jax.random.key(0)))
   if abstract:
@@ -129,12 +147,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: 
   criterion = CriterionConfig.from_config(config.loss)
 
   def loss_fn(params, batch, key, frozen):
-    del frozen
     dropout_key, loss_key = jax.random.split(key)
     images = normalize_images(batch["image"], IMAGENET_MEAN, IMAGENET_STD)
-    outputs = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_key})
+    outputs = model.apply({"params": params}, images, train=True, class_embeddings=frozen,
+                          rngs={"dropout": dropout_key})
     return mask2former_loss(outputs, batch["segments"], batch["target_classes"], loss_key, criterion)
 
   return Trainable(model=model, tx=tx, schedule=schedule, state=state, state_shardings=shardings,
-                   step=make_step(loss_fn, tx, schedule, mesh, shardings), frozen=None,
+                   step=make_step(loss_fn, tx, schedule, mesh, shardings), frozen=class_embeddings,
                    batch_spec=lambda batch_size: batch_spec(config, batch_size))

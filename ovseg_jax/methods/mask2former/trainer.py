@@ -6,9 +6,10 @@ loop, and evaluated by the shared engine.
       --config.model.backbone.checkpoint=R-50.pkl
 
 Inference is MaskFormer's semantic inference: per-pixel class scores = sum over queries of softmax(class logits)
-without "no object" times sigmoid(mask), masks bilinearly upsampled to the window. The classifier is the trained
-K+1 head over the training classes: classes held out of training (unseen) get no score and are never predicted,
-so their IoU is 0 by construction. Zero-shot methods built on this base replace the head by a text classifier.
+without "no object" times sigmoid(mask), masks bilinearly upsampled to the window. With the K+1 head
+(`model.classifier.kind='head'`) classes held out of training (unseen) get no score and are never predicted, so
+their IoU is 0 by construction; a text classifier (`kind='text'`) scores every class of the evaluated dataset
+by the text embeddings of its name.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import ml_collections
 
 from ovseg_jax.eval import engine
 from ovseg_jax.eval.windows import WindowPredictor
-from ovseg_jax.methods.mask2former import data, setup
+from ovseg_jax.methods.mask2former import classifier, data, setup
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from ovseg_jax.train import config_checks, fit, sharding, workdir as workdirs
 
@@ -39,15 +40,21 @@ def scores_from_outputs(class_logits: jax.Array, mask_logits: jax.Array, size: t
   return jnp.einsum("bqk,bqhw->bkhw", probs, masks)
 
 
-def semantic_scores(model: Any, params: Any, windows: jax.Array) -> jax.Array:
-  """uint8 windows [B, S, S, 3] -> class scores [B, K, S, S] of the K+1 head."""
-  outputs = model.apply({"params": params}, normalize_images(windows, IMAGENET_MEAN, IMAGENET_STD))
+def semantic_scores(model: Any, params: Any, windows: jax.Array, class_embeddings: jax.Array | None = None
+                    ) -> jax.Array:
+  """uint8 windows [B, S, S, 3] -> class scores [B, K, S, S] (K: the head's classes, or the rows of
+  `class_embeddings` for a text classifier)."""
+  outputs = model.apply({"params": params}, normalize_images(windows, IMAGENET_MEAN, IMAGENET_STD),
+                        class_embeddings=class_embeddings)
   return scores_from_outputs(outputs["pred_logits"], outputs["pred_masks"], windows.shape[1:3])
 
 
 def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, name: str = NAME) -> list[engine.Candidate]:
-  """The trained head as an engine candidate: a dataset's classes that are training classes compete by argmax
-  (the protocol's background rule is replaced by 'none': background, where trained, is a class like any other)."""
+  """The trained classifier as an engine candidate (the protocol's background rule is replaced by 'none':
+  background, where trained, is a class like any other). The head: a dataset's classes that are training classes
+  compete by argmax; a text classifier: all of its classes, by their names' text embeddings."""
+  if classifier.classifier_section(config.model.get("classifier"))["kind"] == "text":
+    return [_text_candidate(model, params, config, name)]
   trained = data.training_classes(config)
 
   def make(info, protocol):
@@ -59,6 +66,16 @@ def candidates(model: Any, params: Any, config: ml_collections.ConfigDict, name:
     return WindowPredictor(score, (params,), class_ids, info.background_index,
                            dataclasses.replace(protocol, background="none"))
   return [engine.Candidate(name, make)]
+
+
+def _text_candidate(model: Any, params: Any, config: ml_collections.ConfigDict, name: str) -> engine.Candidate:
+  embed = classifier.TextEmbedder(config.model.classifier, sharding.make_mesh(config.mesh.axes))
+  score = jax.jit(lambda p, text, windows: semantic_scores(model, p, windows, text))
+
+  def make(info, protocol):
+    return WindowPredictor(score, (params, embed(info.class_names)), list(range(len(info.class_names))),
+                           info.background_index, dataclasses.replace(protocol, background="none"))
+  return engine.Candidate(name, make)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: Path, model: Any, params: Any, step: int
