@@ -147,6 +147,7 @@ def test_frozen_parts_stay_bit_identical(trained):
   assert {"adab/logit_scale", "background_embedding", "fusion_projections_0/kernel"} <= moved
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_tiny_run_through_main(tmp_path):
   """`python -m ovseg_jax.main` trains the tiny config and evaluates every configured classifier (a random CLIP:
   the figures are only checked to be scores)."""

@@ -120,6 +120,7 @@ def tiny_text(tmp_path_factory):
   return config, setup.build(config, sharding.make_mesh(config.mesh.axes))
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_text_classifier_trains_on_seen_names_and_scores_every_class(tiny_text, tmp_path):
   from configs import mask2former_demo
   from ovseg_jax.methods.mask2former import classifier, data, trainer
