@@ -63,5 +63,7 @@ def host_batches(config: ml_collections.ConfigDict, data_position: dict[str, Any
       seed=config.seed, shuffle_buffer=config.data.shuffle_buffer,
       crop_scale=tuple(config.data.crop_scale), flip=config.data.get("flip", True),
       context_length=config.data.context_length,
-      pseudo_mask_grid=stored_mask_grid(config.pseudo_masks, config.data.image_size), **_text_options(config))
+      # Other methods (CLIP training) read the same shards without pseudo masks.
+      pseudo_mask_grid=stored_mask_grid(config.pseudo_masks, config.data.image_size) if "pseudo_masks" in config
+      else None, **_text_options(config))
   return batches, skip_stats.as_metrics, lambda: all_read_positions(positions)
