@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import eval_datasets, supervised
+from data_pipelines import labelled, supervised
 from data_pipelines import coco_panoptic
 from data_pipelines.prepared import semantic, store
 from data_pipelines.segmentation_crops import CropSpec
@@ -131,7 +131,7 @@ def test_prepared_examples_equal_the_directory_readers(prepared, name):
   for split in expected_splits:
     reader = semantic.SOURCES[name].splits[split](roots[name])
     read = {e.key: e for e in reader}
-    prepared_split = eval_datasets.load(name, data_dir, split)  # A data dir holding it is read from there.
+    prepared_split = labelled.load(name, data_dir, split)  # A data dir holding it is read from there.
     assert isinstance(prepared_split, store.PreparedDataset) and len(prepared_split) == len(read)
     for example in prepared_split:
       np.testing.assert_array_equal(example.label, read[example.key].label)
@@ -144,11 +144,11 @@ def test_prepared_examples_equal_the_directory_readers(prepared, name):
 def test_label_conversion_happened_at_preparation(prepared):
   """ADE-150's stored 0 ("other") is read back as the reader's ignore value, Cityscapes' label ids as train ids."""
   roots, data_dir = prepared
-  ade = next(iter(eval_datasets.load("ade150", data_dir, "val")))
+  ade = next(iter(labelled.load("ade150", data_dir, "val")))
   assert ade.label[0, 0] == 255 and ade.label[ade.label != 255].max() <= 149
-  city = next(iter(eval_datasets.load("cityscapes", data_dir, "val")))
+  city = next(iter(labelled.load("cityscapes", data_dir, "val")))
   assert set(np.unique(city.label)) <= set(range(19)) | {255}
-  assert eval_datasets.load("coco_stuff", data_dir, "val").info.unseen_classes[0] == "frisbee"
+  assert labelled.load("coco_stuff", data_dir, "val").info.unseen_classes[0] == "frisbee"
 
 
 def test_coco_panoptic_records_hold_the_png_ids_and_segments(prepared):

@@ -1,8 +1,8 @@
 """Evaluation datasets by name: `load(name, root, split)` -> an `EvalDataset` of (key, image, label) examples.
 
 Readers take the standard on-disk layouts (those the detectron2 / mmseg conversion scripts produce) and raise a
-`FileNotFoundError` naming the expected layout when files are missing. A root that holds the dataset prepared as
-TensorFlow Datasets (`python -m data_pipelines.prepare NAME --manual_dir=... --data_dir=ROOT`) is read from there.
+`FileNotFoundError` naming the expected layout when files are missing. `data_pipelines.labelled.load` reads a root
+that holds the dataset prepared as TensorFlow Datasets (`python -m data_pipelines.prepare NAME ...`) from there.
 """
 from __future__ import annotations
 
@@ -38,8 +38,4 @@ def names() -> list[str]:
 def load(name: str, root: str | Path, split: str = "val") -> EvalDataset:
   if name not in READERS:
     raise ValueError(f"unknown evaluation dataset {name!r}; known: {', '.join(names())}.")
-  if (Path(root).expanduser() / name).is_dir():  # Only then is tensorflow_datasets imported.
-    from data_pipelines.prepared import store
-    if store.find(Path(root).expanduser(), name) is not None:
-      return store.PreparedDataset(Path(root).expanduser(), name, split)
   return READERS[name](root, split)

@@ -94,7 +94,7 @@ RAW = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
 
 
 class PreparedDataset:
-  """A prepared split as an evaluation dataset (what `eval_datasets.load` returns when ROOT holds it)."""
+  """A prepared split as an evaluation dataset (what `labelled.load` returns when ROOT holds it)."""
 
   def __init__(self, data_dir: str | epath.PathLike, name: str, split: str):
     self._builder = open_prepared(data_dir, name)

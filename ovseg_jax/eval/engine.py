@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipelines import demo_data, eval_datasets
+from data_pipelines import demo_data, labelled
 from data_pipelines.eval_datasets.base import DatasetInfo, EvalDataset, Example
 from ovseg_jax.eval import metrics, results, visualize
 from ovseg_jax.eval.protocol import Protocol, labels_for_metrics
@@ -163,7 +163,7 @@ def background_threshold(predictor: WindowPredictor, entry: ml_collections.Confi
   if not entry.get("tune_split"):
     raise ValueError(f"dataset {entry.name!r}: background_threshold < 0 asks for a threshold chosen on a tune split, "
                      "but the entry has no tune_split; set one, or set the published threshold.")
-  threshold = choose_threshold(predictor, eval_datasets.load(entry.name, root, entry.tune_split))
+  threshold = choose_threshold(predictor, labelled.load(entry.name, root, entry.tune_split))
   progress.log(f"{entry.name} {name}: background threshold {threshold:.3f} chosen on split {entry.tune_split!r}")
   return threshold, entry.tune_split
 
@@ -200,8 +200,8 @@ def open_datasets(eval_config: ml_collections.ConfigDict, roots: Mapping[str, st
       raise ValueError(f"datasets entry {entry.name!r} has no root: set its `root` to the dataset directory.")
     root = Path(root).expanduser()
     if entry.get("tune_split"):
-      eval_datasets.load(entry.name, root, entry.tune_split)
-    dataset = eval_datasets.load(entry.name, root, entry.split)
+      labelled.load(entry.name, root, entry.tune_split)
+    dataset = labelled.load(entry.name, root, entry.split)
     if entry.get("unseen_classes"):  # A zero-shot split chosen by the experiment (e.g. the demo's held-out classes).
       dataset.info = dataclasses.replace(dataset.info, unseen_classes=tuple(entry.unseen_classes))
     opened.append((entry, root, dataset))

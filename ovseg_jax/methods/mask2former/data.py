@@ -34,7 +34,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipelines import coco_panoptic, demo_data, eval_datasets, segmentation_crops, supervised
+from data_pipelines import coco_panoptic, demo_data, labelled, segmentation_crops, supervised
 from data_pipelines.prepared import store
 from data_pipelines.segmentation_crops import CropSpec
 from ovseg_jax.train import fit, progress
@@ -90,7 +90,7 @@ def samples(config: ml_collections.ConfigDict) -> tuple[int, Callable[[int], tup
   if not d.root:
     raise ValueError(f"data.root is empty: set --config.data.root to the {d.dataset} directory (its layout: "
                      "data_pipelines/eval_datasets).")
-  dataset = eval_datasets.load(d.dataset, Path(d.root).expanduser(), d.split)
+  dataset = labelled.load(d.dataset, Path(d.root).expanduser(), d.split)
   if tuple(dataset.info.class_names) != tuple(d.class_names):
     raise ValueError(f"data.class_names ({len(d.class_names)}) differ from {d.dataset}'s {dataset.info.num_classes} "
                      "classes: take them from the dataset's reader.")

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import eval_datasets
+from data_pipelines import labelled
 from data_pipelines.eval_datasets.files import read_image
 from ovseg_jax.eval import engine
 from ovseg_jax.eval.open_vocabulary import load_clip_setup
@@ -30,7 +30,7 @@ def _dataset(config: ml_collections.ConfigDict, split: str):
   if not config.data.root:
     raise ValueError(f"data.root is empty: set --config.data.root to the {config.data.dataset} directory (its "
                      "layout: data_pipelines/eval_datasets).")
-  dataset = eval_datasets.load(config.data.dataset, Path(config.data.root).expanduser(), split)
+  dataset = labelled.load(config.data.dataset, Path(config.data.root).expanduser(), split)
   if not hasattr(dataset, "image_files"):
     raise ValueError(f"dataset {config.data.dataset!r} has no image files to self-train on.")
   return dataset

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from data_pipelines import demo_data, eval_datasets
+from data_pipelines import demo_data, labelled
 from data_pipelines.segmentation_crops import CropSpec
 from ovseg_jax.methods.selftrain import pseudo_labels
 from ovseg_jax.models.upernet import UperNetViT
@@ -58,7 +58,7 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
   if not config.data.root:
     raise ValueError(f"data.root is empty: set --config.data.root to the {config.data.dataset} directory (its "
                      "layout: data_pipelines/eval_datasets).")
-  return eval_datasets.load(config.data.dataset, config.data.root, config.data.split).info.num_classes
+  return labelled.load(config.data.dataset, config.data.root, config.data.split).info.num_classes
 
 
 def crop_spec(config: ml_collections.ConfigDict, classes: int) -> CropSpec:
