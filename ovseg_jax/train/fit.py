@@ -30,6 +30,13 @@ def check_batch_size(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh)
                       f"{sharding.num_batch_shards(mesh)} batch shards of the mesh.")
 
 
+def checked_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The mesh of `config.mesh.axes`, once the global batch is known to split over it."""
+  mesh = sharding.make_mesh(config.mesh.axes)
+  check_batch_size(config, mesh)
+  return mesh
+
+
 def fit(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh, trainable: Trainable,
         host_data: Callable[[dict[str, Any] | None, int], HostData],
         initialise: Callable[[Any], Any] | None = None) -> Any:

@@ -70,12 +70,14 @@ def check_architecture(config: ml_collections.ConfigDict, found: ClipArchitectur
                      "set config.model to the file's architecture.")
 
 
-def _init_params(model: CLIP):
+def init_params(model: CLIP):
+  """`init(key) -> params` of a CLIP model at its own image size and context length."""
   a = model.architecture
-  def init_params(key):
+
+  def init(key):
     return model.init(key, jnp.zeros((1, a.image_size, a.image_size, 3), jnp.float32),
                       jnp.zeros((1, a.context_length), jnp.int32))["params"]
-  return init_params
+  return init
 
 
 def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: bool = False):
@@ -85,9 +87,9 @@ def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abst
   freeze = optimizer.check_freeze(tuple(config.freeze))
   tx, schedule = optimizer.make_optimizer(config.optimizer, config.total_steps, freeze)
   if abstract:
-    _, state, shardings = abstract_state(_init_params(model), tx, config, mesh)
+    _, state, shardings = abstract_state(init_params(model), tx, config, mesh)
     return model, tx, schedule, state, shardings
-  state, shardings = create_sharded_state(_init_params(model), tx, config, mesh)
+  state, shardings = create_sharded_state(init_params(model), tx, config, mesh)
   loaded = pretrained(config, mesh)
   if loaded is not None:
     check_architecture(config, loaded[0])

@@ -10,7 +10,7 @@ import numpy as np
 
 from ovseg_jax.methods.concat import losses, setup
 from ovseg_jax.methods.concat.heads import text_class_logits
-from ovseg_jax.methods.mask2former import data as m2f_data
+from ovseg_jax.methods.mask2former import data as m2f_data, setup as m2f_setup
 from ovseg_jax.ops.mask2former_criterion import CriterionConfig, mask2former_loss, match
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 from ovseg_jax.train.state import abstract_state, create_sharded_state

@@ -152,8 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   config_checks.check_loop(config)
   config = resolved(config)
   workdir = workdirs.as_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh.axes)
-  fit.check_batch_size(config, mesh)
+  mesh = fit.checked_mesh(config)
   clip, frozen = frozen_clip(config, mesh)
   rows, params = [], None
   for stage in stage_names(config):

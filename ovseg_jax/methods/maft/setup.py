@@ -87,14 +87,6 @@ def no_object_embedding(config: ml_collections.ConfigDict) -> jax.Array:
   return a.text_width ** -0.5 * jax.random.normal(jax.random.key(config.seed), (a.embed_dim,))
 
 
-def _init_params(model: CLIP):
-  a = model.architecture
-  def init_params(key):
-    return model.init(key, jnp.zeros((1, a.image_size, a.image_size, 3), jnp.float32),
-                      jnp.zeros((1, a.context_length), jnp.int32))["params"]
-  return init_params
-
-
 def _frozen_shapes(m2f_config: ml_collections.ConfigDict, config: ml_collections.ConfigDict, mask2former: Any,
                    clip_params: Any) -> dict[str, Any]:
   size, k = m2f_config.data.crop_size, len(m2f_data.training_classes(config))
@@ -114,12 +106,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: 
     raise ValueError(f"maft.start_layers={s.start_layers}: use a block index in [0, {s.architecture.vision_layers}].")
   tx, schedule = make_optimizer(config.optimizer, config.total_steps)
   if abstract:
-    _, state, shardings = abstract_state(_init_params(model), tx, config, mesh)
+    _, state, shardings = abstract_state(clip_setup.init_params(model), tx, config, mesh)
     m2f_config = workdirs.read_config(config.init.mask2former)
     m2f_model = m2f_setup.build_model(m2f_config.model, len(m2f_data.training_classes(m2f_config)))
     frozen = _frozen_shapes(m2f_config, config, m2f_model, state.params)
   else:
-    state, shardings = create_sharded_state(_init_params(model), tx, config, mesh)
+    state, shardings = create_sharded_state(clip_setup.init_params(model), tx, config, mesh)
     arch, clip_params = clip_setup.pretrained(config, mesh)
     clip_setup.check_architecture(config, arch)
     params = overlay_params(state.params, clip_params, "init.clip")

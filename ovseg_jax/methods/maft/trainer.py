@@ -54,8 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates; returns the results rows."""
   config_checks.check_loop(config)
   workdir = workdirs.as_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh.axes)
-  fit.check_batch_size(config, mesh)
+  mesh = fit.checked_mesh(config)
   trainable = setup.build(config, mesh)
   original = jax.tree.map(lambda x: x.copy(), trainable.state.params)  # The step donates the state.
   state = fit.fit(config, workdir, mesh, trainable,

@@ -90,8 +90,7 @@ def train_on_labels(config: ml_collections.ConfigDict, workdir: str | Path, buil
   (resuming from the latest checkpoint in `workdir`), then `evaluate_fn(config, workdir, model, params, step)`."""
   config_checks.check_loop(config)
   workdir = workdirs.as_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh.axes)
-  fit.check_batch_size(config, mesh)
+  mesh = fit.checked_mesh(config)
   trainable = build(config, mesh)
   state = fit.fit(config, workdir, mesh, trainable,
                   lambda position, start_step: data.host_data(config, workdir, position, start_step))

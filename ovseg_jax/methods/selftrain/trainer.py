@@ -82,8 +82,7 @@ def initialise_backbone(params: Any, backbone: Any, what: str) -> Any:
 
 
 def train_stage(config: ml_collections.ConfigDict, workdir: Path, source: Source) -> tuple[Any, Any, int]:
-  mesh = sharding.make_mesh(config.mesh.axes)
-  fit.check_batch_size(config, mesh)
+  mesh = fit.checked_mesh(config)
   trainable = setup.build(config, mesh, classes=source.num_classes)
 
   def initialise(state):

@@ -30,8 +30,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   returns the results rows."""
   check_config(config)
   workdir = workdirs.as_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh.axes)
-  fit.check_batch_size(config, mesh)
+  mesh = fit.checked_mesh(config)
   trainable = setup.build(config, mesh)
   state = fit.fit(config, workdir, mesh, trainable,
                   lambda position, _: fit.HostData(*data.host_batches(config, position)))
