@@ -31,11 +31,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 ratio_range=(0.1, 2.0), max_targets=100)
   c.eval.update(name="coco_panoptic", split="val")
   if variant == "runlocal":
-    c.batch_size = 2
-    c.stages.update(base_steps=10, cat_steps=10, union_steps=10)
-    c.total_steps = 10
-    c.log_every_steps = 2
-    c.data.workers = 2
-    c.checkpoint.every_steps = 5
+    concat_common.shrink_for_runlocal(c)
     c.eval.max_images = 10
   return c

@@ -30,10 +30,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.datasets = [eval_suite.dataset("coco_stuff", root=c.data.get_ref("root"), split="val")]
   c.eval.num_overlays = 8
   if variant == "runlocal":
-    c.batch_size = 2
-    c.stages.update(base_steps=10, cat_steps=10, union_steps=10)
-    c.total_steps = 10
-    c.log_every_steps = 2
-    c.data.workers = 2
-    c.checkpoint.every_steps = 5
+    concat_common.shrink_for_runlocal(c)
   return c

@@ -42,3 +42,13 @@ def concat(class_names: tuple[str, ...], unseen: tuple[str, ...], crop_size: int
   c.eval = ml_collections.ConfigDict(dict(name="coco_panoptic", split="val", object_mask_threshold=0.8,
                                           overlap_threshold=0.8, max_images=0))
   return c
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict) -> None:
+  """The `:runlocal` variant: ten steps per stage at batch 2, to check a machine end to end."""
+  c.batch_size = 2
+  c.stages.update(base_steps=10, cat_steps=10, union_steps=10)
+  c.total_steps = 10
+  c.log_every_steps = 2
+  c.data.workers = 2
+  c.checkpoint.every_steps = 5

@@ -13,7 +13,7 @@ counts per stage on every machine; `:tiny` is the test-sized run.
 """
 import ml_collections
 
-from configs import concat_common
+from configs import concat_common, mask2former_demo
 from data_pipelines import demo_panoptic
 
 UNSEEN = ("star", "moon", "house", "water")
@@ -27,12 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = concat_common.concat(names, UNSEEN, crop_size=64, batch_size=32, stage_steps=(300, 150, 100))
   c.data.update(source="demo_panoptic", targets="panoptic", demo_root="~/.cache/ovseg_jax/demo", image_size=64,
                 num_train=6000, num_eval=300, num_tune=50, max_targets=8, workers=2, short_sides=(48, 56, 64, 72, 80))
-  c.model.backbone = ml_collections.ConfigDict(dict(
-      depths=(1, 1, 2, 1), stem_width=32, bottleneck_widths=(32, 48, 64, 96), out_channels=(64, 96, 128, 192)))
-  c.model.pixel_decoder.update(conv_dim=64, mask_dim=64, num_layers=2, num_heads=4, ffn_dim=256, num_groups=8)
-  c.model.decoder.update(num_queries=16, hidden_dim=64, num_heads=4, ffn_dim=256, num_layers=3)
-  c.loss.num_points = 512
-  c.optimizer.update(lr=1e-3, backbone_multiplier=1.0, warmup_steps=50)
+  mask2former_demo.demo_model(c)
   c.concat.update(clip_image_size=64, projector_hidden_dim=128, generator_hidden_dims=(128, 128, 128, 128),
                   latent_dim=16, generated_per_class=32)
   c.eval.update(name="demo_panoptic", split="val", max_images=0)

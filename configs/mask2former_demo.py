@@ -36,12 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.update(source="demo", demo_root="~/.cache/ovseg_jax/demo", image_size=64, num_train=12000, num_eval=300,
                 num_tune=150, num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2, tfds_name="demo",
                 color_aug=False)  # Off, as in the measured demo runs.
-  c.model.backbone = ml_collections.ConfigDict(dict(
-      depths=(1, 1, 2, 1), stem_width=32, bottleneck_widths=(32, 48, 64, 96), out_channels=(64, 96, 128, 192)))
-  c.model.pixel_decoder.update(conv_dim=64, mask_dim=64, num_layers=2, num_heads=4, ffn_dim=256, num_groups=8)
-  c.model.decoder.update(num_queries=16, hidden_dim=64, num_heads=4, ffn_dim=256, num_layers=3)
-  c.loss.num_points = 512
-  c.optimizer.update(lr=1e-3, backbone_multiplier=1.0, warmup_steps=50)
+  demo_model(c)
   c.checkpoint.every_steps = 500
   c.eval = eval_suite.get_config("demo")
   c.eval.datasets[0].unseen_classes = UNSEEN
@@ -64,3 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.protocol.batch_size = 8
     c.eval.num_overlays = 1
   return c
+
+
+def demo_model(c: ml_collections.ConfigDict) -> None:
+  """The small Mask2Former of the demos (a custom 4-stage ResNet, 16 queries, 3 decoder layers) and its optimizer."""
+  c.model.backbone = ml_collections.ConfigDict(dict(
+      depths=(1, 1, 2, 1), stem_width=32, bottleneck_widths=(32, 48, 64, 96), out_channels=(64, 96, 128, 192)))
+  c.model.pixel_decoder.update(conv_dim=64, mask_dim=64, num_layers=2, num_heads=4, ffn_dim=256, num_groups=8)
+  c.model.decoder.update(num_queries=16, hidden_dim=64, num_heads=4, ffn_dim=256, num_layers=3)
+  c.loss.num_points = 512
+  c.optimizer.update(lr=1e-3, backbone_multiplier=1.0, warmup_steps=50)

@@ -1,5 +1,4 @@
 """Evaluation dataset readers on tiny files in their real on-disk layouts."""
-from pathlib import Path
 
 import numpy as np
 import pytest
