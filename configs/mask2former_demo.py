@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_train_minutes = 0.0  # A fixed number of steps on every machine.
   # The demo cache of configs/sseg_demo.py (same scenes); the first `num_labelled` training scenes with labels.
   c.data.update(source="demo", demo_root="~/.cache/ovseg_jax/demo", image_size=64, num_train=12000, num_eval=300,
-                num_tune=150, num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2)
+                num_tune=150, palette="per_class", num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2)
   c.model.backbone = ml_collections.ConfigDict(dict(
       depths=(1, 1, 2, 1), stem_width=32, bottleneck_widths=(32, 48, 64, 96), out_channels=(64, 96, 128, 192)))
   c.model.pixel_decoder.update(conv_dim=64, mask_dim=64, num_layers=2, num_heads=4, ffn_dim=256, num_groups=8)
