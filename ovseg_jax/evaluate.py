@@ -10,6 +10,7 @@ results.md and overlays/ (in WORKDIR/eval by default for the second form).
 """
 from __future__ import annotations
 
+import ml_collections
 from absl import flags
 
 from ovseg_jax import cli
@@ -18,15 +19,15 @@ from ovseg_jax import cli
 def evaluate_checkpoint(eval_config, checkpoint: str, output: str | None = None, clip=None) -> list[dict]:
   """An eval config applied to the latest checkpoint of an open-vocabulary training workdir."""
   from ovseg_jax.eval import engine
-  from ovseg_jax.eval.open_vocabulary import load_clip_setup
   from ovseg_jax.methods import registry
+  from ovseg_jax.methods.clip import setup as clip_setup
   from ovseg_jax.train import workdir as workdirs
   workdir = workdirs.as_workdir(checkpoint)
   train_config = workdirs.read_config(workdir)
   method = registry.open_vocabulary(train_config, str(workdir))
   roots = engine.training_data_roots(train_config)
   engine.open_datasets(eval_config, roots)  # A missing dataset fails now, before the checkpoint is restored.
-  clip = clip or load_clip_setup(eval_config.get("clip", {}))
+  clip = clip or clip_setup.classifier(ml_collections.ConfigDict(eval_config.get("clip", {})))
   model, params, step = method.restore_model(train_config, workdir)
   candidates = method.candidates(model, params, train_config, tuple(eval_config.get("classifiers", ("learned",))),
                                  clip)

@@ -8,6 +8,7 @@ import ml_collections
 
 from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
 from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
+from ovseg_jax.methods.ovseg import demo as ovseg_demo
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
 
@@ -33,6 +34,8 @@ METHODS = {
     # A fixed class set (its K+1 head): no candidates for arbitrary class names.
     "mask2former": Method(mask2former.train_and_evaluate, mask2former.evaluate_workdir, mask2former_setup.build,
                           mask2former.restore_model),
+    # OVSeg's open-vocabulary demo: several trainings (CLIP, proposals, mining, adaptation) and one table.
+    "ovseg_demo": Method(ovseg_demo.train_and_evaluate, ovseg_demo.evaluate_workdir, ovseg_demo.build),
 }
 
 
