@@ -170,6 +170,7 @@ def test_the_demo_runs_from_main_and_its_rows_name_its_stages():
 def test_tiny_demo_end_to_end(tmp_path):
   config = _tiny_config(tmp_path)
   config.seeds = (0,)
+  config.proposals.batch_size = 8  # One image per fake device (tests/conftest.py).
   summary = demo.train_and_evaluate(config, tmp_path / "run")
   assert [s["predictor"] for s in summary] == [r.name for r in demo_rows.ROWS]
   text = (tmp_path / "run" / "results.md").read_text()
