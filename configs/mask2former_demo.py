@@ -34,8 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The demo cache of configs/sseg_demo.py (same scenes); the first `num_labelled` training scenes with labels.
   # Read through the tf.data pipeline: the labelled scenes are prepared as TensorFlow Datasets into WORKDIR/data.
   c.data.update(source="demo", demo_root="~/.cache/ovseg_jax/demo", image_size=64, num_train=12000, num_eval=300,
-                num_tune=150, num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2, tfds_name="demo",
-                color_aug=False)  # Off, as in the measured demo runs.
+                num_tune=150, palette="per_class", num_labelled=6000, unseen_classes=UNSEEN, max_targets=8, workers=2,
+                tfds_name="demo", color_aug=False)  # Off, as in the measured demo runs.
   demo_model(c)
   c.checkpoint.every_steps = 500
   c.eval = eval_suite.get_config("demo")

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_train = 12000
   c.data.num_eval = 300
   c.data.num_tune = 150
+  c.data.palette = "per_class"  # 'shared': colours and textures shared by all classes (data_pipelines/demo_scenes.py).
   c.data.crop_scale = (0.6, 1.0)
   c.data.shuffle_buffer = 2000
   c.data.context_length = 32

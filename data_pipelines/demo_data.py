@@ -61,6 +61,7 @@ class DemoDataConfig:
   seed: int = 0
   jpeg_quality: int = 92
   panoptic: bool = False
+  palette: str = 'per_class'  # demo_scenes.PALETTES: 'shared' draws colours and textures from one pool.
 
   def __post_init__(self):
     if self.image_size < 16:
@@ -73,6 +74,8 @@ class DemoDataConfig:
                        '(keys are shard * 10**4 + index).')
     if not 1 <= self.jpeg_quality <= 95:
       raise ValueError(f'DemoDataConfig.jpeg_quality={self.jpeg_quality}: use 1..95.')
+    if self.palette not in demo_scenes.PALETTES:
+      raise ValueError(f'DemoDataConfig.palette={self.palette!r}: use one of {demo_scenes.PALETTES}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +99,13 @@ def class_names() -> list[str]:
 
 
 def cache_name(cfg: DemoDataConfig) -> str:
-  """The cache directory name: a short hash of the config and the data format version."""
+  """The cache directory name: a short hash of the config and the data format version (options added later are
+  left out of the hash at their defaults, so caches made before them keep their names)."""
   fields = dataclasses.asdict(cfg)
-  if not cfg.panoptic:  # Semantic caches keep the names they had before the panoptic option.
+  if not cfg.panoptic:
     del fields['panoptic']
+  if cfg.palette == 'per_class':
+    del fields['palette']
   spec = json.dumps({**fields, 'format_version': _FORMAT_VERSION}, sort_keys=True)
   return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
@@ -117,7 +123,7 @@ def ensure_demo_data(root: str | os.PathLike, cfg: DemoDataConfig) -> DemoDataPa
 
 def ensure_for_config(data: Any, seed: int) -> DemoDataPaths:
   """The demo data of a training config's `data` section (image_size, num_train, num_eval, num_tune,
-  demo_root) and seed, generated on first use."""
+  demo_root, optionally palette) and seed, generated on first use."""
   return ensure_demo_data(Path(data.demo_root).expanduser(), _config_of(data, seed))
 
 
@@ -138,7 +144,7 @@ def panoptic_root_for_config(data: Any, seed: int) -> str:
 
 def _config_of(data: Any, seed: int) -> DemoDataConfig:
   return DemoDataConfig(image_size=data.image_size, num_train=data.num_train, num_eval=data.num_eval,
-                        num_tune=data.num_tune, seed=seed)
+                        num_tune=data.num_tune, seed=seed, palette=getattr(data, 'palette', 'per_class'))
 
 
 def _generate_atomically(root: Path, final: Path, cfg: DemoDataConfig) -> None:
@@ -206,7 +212,7 @@ def _write_train(directory: Path, cfg: DemoDataConfig) -> None:
     count = min(cfg.samples_per_shard, cfg.num_train - shard * cfg.samples_per_shard)
     with tarfile.open(directory / f'{shard:05d}.tar', 'w', format=tarfile.USTAR_FORMAT) as tar:
       for index in range(count):
-        scene = demo_scenes.make_scene(rng, size)
+        scene = demo_scenes.make_scene(rng, size, palette=cfg.palette)
         key = f'{shard * 10**_KEY_SAMPLE_DIGITS + index:09d}'
         meta = {'key': key, 'caption': scene.caption, 'status': 'success', 'error_message': None,
                 'width': size, 'height': size, 'original_width': size, 'original_height': size,
@@ -223,14 +229,14 @@ def _write_labelled(split: str, directory: Path, count: int, cfg: DemoDataConfig
   samples = []
   for index in range(count):
     # The train stream without held-out pairs: exactly the scenes of the train shards, in order.
-    scene = demo_scenes.make_scene(rng, cfg.image_size, held_out=split != 'train')
+    scene = demo_scenes.make_scene(rng, cfg.image_size, held_out=split != 'train', palette=cfg.palette)
     key = f'{index:09d}'
     (directory / 'images' / f'{key}.jpg').write_bytes(_jpeg(scene.image, cfg.jpeg_quality))
     Image.fromarray(scene.labels).save(directory / 'labels' / f'{key}.png')
     samples.append({'key': key, 'caption': scene.caption, 'objects': list(scene.objects),
                     'background': scene.background})
   (directory / 'classes.txt').write_text('\n'.join(class_names()) + '\n')
-  meta = {'split': split, 'image_size': cfg.image_size, 'class_names': class_names(),
+  meta = {'split': split, 'image_size': cfg.image_size, 'class_names': class_names(), 'palette': cfg.palette,
           'backgrounds': list(demo_scenes.BACKGROUND_NAMES),
           'held_out_pairs': [list(pair) for pair in demo_scenes.HELD_OUT_PAIRS], 'samples': samples}
   (directory / 'meta.json').write_text(json.dumps(meta, indent=1, sort_keys=True) + '\n')
@@ -303,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description='Generates (or finds cached) demo data and shows a few captions.')
   parser.add_argument('--root', default='~/.cache/ovseg_jax/demo')
   for field in dataclasses.fields(DemoDataConfig):
-    parser.add_argument(f'--{field.name}', type=int, default=getattr(defaults, field.name))
+    default = getattr(defaults, field.name)
+    parser.add_argument(f'--{field.name}', type=type(default), default=default)
   args = vars(parser.parse_args(argv))
   root = args.pop('root')
   paths = ensure_demo_data(root, DemoDataConfig(**args))

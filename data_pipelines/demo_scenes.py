@@ -16,6 +16,8 @@ Evaluation scenes (`held_out=True`) always contain at least one such pair: their
 one of its held-out categories; their other objects are drawn from all categories.
 
 Captions name every object category, nothing else about the objects: never a colour or texture.
+With `palette='shared'` each object instead draws its look (colour and texture) from the pool of all categories'
+looks, independently of its shape: only the shape tells the name (the world where CLIP must learn shapes).
 """
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +40,7 @@ _HUE_JITTER = 4 / 360
 _SV_JITTER = 0.07
 _MAX_BACKGROUND_SATURATION = 0.35
 _MIN_OBJECT_SATURATION = 0.55
+PALETTES = ('per_class', 'shared')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +165,12 @@ _TEXTURES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 
 @functools.cache
-def _templates() -> np.ndarray:
-  """uint8 [C, T, T]: 0 outside the shape, 1 main shade, 2 second shade."""
+def _template(shape: int, texture: str) -> np.ndarray:
+  """uint8 [T, T] of CATEGORIES[shape]'s shape with `texture`: 0 outside the shape, 1 main shade, 2 second shade."""
   coords = (np.arange(_TEMPLATE_SIZE) + 0.5) / _TEMPLATE_SIZE * 2 - 1
   v, u = np.meshgrid(coords, coords, indexing='ij')
-  templates = np.zeros((len(CATEGORIES), _TEMPLATE_SIZE, _TEMPLATE_SIZE), np.uint8)
-  for i, category in enumerate(CATEGORIES):
-    shape = _SHAPES[category.name](u, v)
-    templates[i] = shape * (1 + _TEXTURES[category.texture](u, v))
-  return templates
+  inside = _SHAPES[CATEGORIES[shape].name](u, v)
+  return (inside * (1 + _TEXTURES[texture](u, v))).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,8 +276,8 @@ def _object_shades(rng: np.random.Generator, category: Category) -> np.ndarray:
   return np.stack([np.zeros(3, np.float32), _rgb(hue, saturation, value), _rgb(hue, saturation, second_value)])
 
 
-def _rasterise(rng: np.random.Generator, category: int, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
-  """A random pose of `category`: its bounding box in the image and the template values inside it."""
+def _rasterise(rng: np.random.Generator, template: np.ndarray, size: int) -> tuple[tuple[slice, slice], np.ndarray]:
+  """A random pose of a `_template`: its bounding box in the image and the template values inside it."""
   low, high = _SIZE_RANGE
   half = (low + (high - low) * np.cbrt(rng.uniform())) * size / 2
   cy, cx = rng.uniform(half, size - half, 2)
@@ -295,17 +295,17 @@ def _rasterise(rng: np.random.Generator, category: int, size: int) -> tuple[tupl
   scale = _TEMPLATE_SIZE / 2
   iu = np.clip(((u + 1) * scale).astype(np.int32), 0, _TEMPLATE_SIZE - 1)
   iv = np.clip(((v + 1) * scale).astype(np.int32), 0, _TEMPLATE_SIZE - 1)
-  return (slice(y0, y1), slice(x0, x1)), np.where(inside, _templates()[category][iv, iu], 0)
+  return (slice(y0, y1), slice(x0, x1)), np.where(inside, template[iv, iu], 0)
 
 
-def _place_objects(rng: np.random.Generator, categories: Sequence[int],
+def _place_objects(rng: np.random.Generator, templates: Sequence[np.ndarray],
                    size: int) -> list[tuple[tuple[slice, slice], np.ndarray]] | None:
   """Poses (as `_rasterise` gives them) leaving each object >= 40% visible; None if one cannot be found."""
   owner = np.zeros((size, size), np.int32)  # 0 background, j + 1 for object j.
   areas, placed = [], []
-  for j, category in enumerate(categories):
+  for j, template in enumerate(templates):
     for _ in range(_POSE_TRIES):
-      box, values = _rasterise(rng, category, size)
+      box, values = _rasterise(rng, template, size)
       candidate = owner.copy()
       candidate[box][values > 0] = j + 1
       visible = np.bincount(candidate.ravel(), minlength=j + 2)[1:]
@@ -320,15 +320,19 @@ def _place_objects(rng: np.random.Generator, categories: Sequence[int],
   return placed
 
 
-def render(rng: np.random.Generator, categories: Sequence[int], background: int,
-           size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(rng: np.random.Generator, categories: Sequence[int], background: int, size: int,
+           palette: str = 'per_class') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(image, labels, instances uint8 [S, S]: 0 background, j + 1 where object j is visible) of posed objects."""
-  while (placed := _place_objects(rng, categories, size)) is None:
+  # Each object's look (colour and texture): its own category's, or any category's from the shared pool.
+  looks = [int(i) for i in rng.integers(len(CATEGORIES), size=len(categories))] if palette == 'shared' \
+      else list(categories)
+  templates = [_template(c, CATEGORIES[look].texture) for c, look in zip(categories, looks)]
+  while (placed := _place_objects(rng, templates, size)) is None:
     pass  # Rare: a crowded scene is posed again from scratch.
   image = _paint_background(rng, BACKGROUNDS[background], size)
   labels, instances = np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)
-  for j, (category, (box, values)) in enumerate(zip(categories, placed)):
-    shades = _object_shades(rng, CATEGORIES[category])
+  for j, (category, look, (box, values)) in enumerate(zip(categories, looks, placed)):
+    shades = _object_shades(rng, CATEGORIES[look])
     drawn = values > 0
     image[box][drawn] = shades[values[drawn]]
     labels[box][drawn], instances[box][drawn] = category + 1, j + 1
@@ -341,16 +345,9 @@ def render(rng: np.random.Generator, categories: Sequence[int], background: int,
 _NUMBER_WORDS = {2: 'two', 3: 'three', 4: 'four'}
 # {objects} names every category; {place} is '' or ' ' + a background phrase.
 _TEMPLATES = (
-    '{objects}{place}.',
-    'a photo of {objects}{place}.',
-    'a picture of {objects}{place}.',
-    'picture of {objects}{place}',
-    'an image of {objects}{place}.',
-    'a drawing of {objects}{place}.',
-    'there {be} {objects}{place}.',
-    'look, {objects}{place}!',
-    'a simple scene with {objects}{place}.',
-)
+    '{objects}{place}.', 'a photo of {objects}{place}.', 'a picture of {objects}{place}.',
+    'picture of {objects}{place}', 'an image of {objects}{place}.', 'a drawing of {objects}{place}.',
+    'there {be} {objects}{place}.', 'look, {objects}{place}!', 'a simple scene with {objects}{place}.')
 _PAIR_TEMPLATES = ('{first} next to {rest}{place}.', '{first} beside {rest}{place}.')
 
 
@@ -389,12 +386,15 @@ def _sample_categories(rng: np.random.Generator, background: int, held_out: bool
   return [int(c) for c in rng.choice(allowed, size=num_objects)]
 
 
-def make_scene(rng: np.random.Generator, size: int, held_out: bool = False) -> Scene:
-  """One random scene of `size` x `size` pixels; `held_out` draws an evaluation scene (module docstring)."""
+def make_scene(rng: np.random.Generator, size: int, held_out: bool = False, palette: str = 'per_class') -> Scene:
+  """One random scene of `size` x `size` pixels; `held_out` draws an evaluation scene, `palette` says whether
+  colours and textures belong to categories or are shared by all (module docstring)."""
   if size < 16:
     raise ValueError(f'Demo scenes need an image size of at least 16 pixels, got {size}.')
+  if palette not in PALETTES:
+    raise ValueError(f'Demo scene palette {palette!r}: use one of {PALETTES}.')
   background = int(rng.integers(len(BACKGROUNDS)))
   categories = _sample_categories(rng, background, held_out)
-  image, labels, _ = render(rng, categories, background, size)
+  image, labels, _ = render(rng, categories, background, size, palette)
   return Scene(image=image, labels=labels, objects=tuple(CATEGORIES[c].name for c in categories),
                background=BACKGROUNDS[background].name, caption=make_caption(rng, categories, background))

@@ -19,11 +19,11 @@ def main(argv: list[str]) -> None:
   del argv
   import ml_collections
   from ovseg_jax import predict
-  from ovseg_jax.eval.open_vocabulary import load_clip_setup
+  from ovseg_jax.methods import registry
   from ovseg_jax.serve import http, session
   f = flags.FLAGS
   try:
-    clip = load_clip_setup(ml_collections.ConfigDict({"checkpoint": f.clip}))
+    clip = registry.eval_clip(ml_collections.ConfigDict({"checkpoint": f.clip}))
     models = [predict.RestoredModel(checkpoint, clip) for checkpoint in f.checkpoint]
     server = http.DemoServer(session.Session(models, f.scale, f.num_examples), f.host, f.port)
   except (ValueError, FileNotFoundError, OSError) as e:  # Bad input: one clear line, no traceback.

@@ -10,6 +10,7 @@ results.md and overlays/ (in WORKDIR/eval by default for the second form).
 """
 from __future__ import annotations
 
+import ml_collections
 from absl import flags
 
 from ovseg_jax import cli
@@ -25,7 +26,7 @@ def evaluate_checkpoint(eval_config, checkpoint: str, output: str | None = None,
   method = registry.open_vocabulary(train_config, str(workdir))
   roots = engine.training_data_roots(train_config)
   engine.open_datasets(eval_config, roots)  # A missing dataset fails now, before the checkpoint is restored.
-  clip = clip or registry.eval_clip(eval_config.get("clip", {}))
+  clip = clip or registry.eval_clip(ml_collections.ConfigDict(eval_config.get("clip", {})))
   model, params, step = method.restore_model(train_config, workdir)
   candidates = method.candidates(model, params, train_config, tuple(eval_config.get("classifiers", ("learned",))),
                                  clip)

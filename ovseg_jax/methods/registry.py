@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import ml_collections
 
-from ovseg_jax.eval.open_vocabulary import ClipSetup, load_clip_setup
+from ovseg_jax.eval.open_vocabulary import ClipSetup
 from ovseg_jax.methods.clip import setup as clip_setup, trainer as clip
 from ovseg_jax.methods.concat import trainer as concat
 from ovseg_jax.methods.maft import setup as maft_setup, trainer as maft
 from ovseg_jax.methods.ebseg import setup as ebseg_setup, trainer as ebseg
 from ovseg_jax.methods.mask2former import setup as mask2former_setup, trainer as mask2former
+from ovseg_jax.methods.ovseg import demo as ovseg_demo
 from ovseg_jax.methods.selftrain import setup as selftrain_setup, trainer as selftrain
 from ovseg_jax.methods.sseg import setup as sseg_setup, trainer as sseg
 from ovseg_jax.train import workdir as workdirs
@@ -43,6 +44,8 @@ METHODS = {
     "maft": Method(maft.train_and_evaluate, maft.evaluate_workdir, maft_setup.build, maft.restore_model),
     "ebseg": Method(ebseg.train_and_evaluate, ebseg.evaluate_workdir, ebseg_setup.build, ebseg.restore_model,
                     ebseg.candidates),
+    # OVSeg's open-vocabulary demo: several trainings (CLIP, proposals, mining, adaptation) and one table.
+    "ovseg_demo": Method(ovseg_demo.train_and_evaluate, ovseg_demo.evaluate_workdir, ovseg_demo.build),
 }
 
 
@@ -56,13 +59,13 @@ def get(config: ml_collections.ConfigDict) -> Method:
 
 def eval_clip(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
   """An eval config's `clip` section: a MAFT training workdir gives its fine-tuned IP-CLIP, anything else (a CLIP
-  file or Hugging Face directory) is loaded by `load_clip_setup`."""
+  file, a Hugging Face directory or a CLIP training workdir) is read by `clip_setup.classifier`."""
   checkpoint = cfg.get("checkpoint")
   if checkpoint and (workdirs.as_workdir(checkpoint) / "config.json").is_file():
     train_config = workdirs.read_config(checkpoint)
     if train_config.get("trainer") == "maft":
       return maft.ipclip_setup(train_config, checkpoint)
-  return load_clip_setup(cfg)
+  return clip_setup.classifier(cfg)
 
 
 def open_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> Method:

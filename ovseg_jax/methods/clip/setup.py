@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ovseg_jax.eval.open_vocabulary import ClipSetup, load_clip_setup
 from ovseg_jax.methods.clip import objective, optimizer
 from ovseg_jax.models.clip import CLIP, ClipArchitecture
-from ovseg_jax.train import progress, workdir as workdirs
+from ovseg_jax.train import progress, sharding, workdir as workdirs
 from ovseg_jax.train.state import TrainState, abstract_state, create_sharded_state, overlay_params
 from ovseg_jax.train.step import Trainable, make_step
 from ovseg_jax.weights.clip import read_clip
@@ -38,6 +39,20 @@ def restore_params(workdir: str | Path, mesh: jax.sharding.Mesh) -> tuple[ClipAr
   _, _, _, state, _ = build_state(config, mesh, abstract=True)
   state, step = workdirs.restore_latest(workdir, state, config)
   return model.architecture, state.params, step
+
+
+def classifier(cfg: ml_collections.ConfigDict) -> ClipSetup | None:
+  """An eval config's `clip` section -> the CLIP that classifies masks: `checkpoint` a CLIP file, a Hugging Face
+  directory or a CLIP training workdir (its latest checkpoint; mask prompts travel with the crops if it has them);
+  None without a checkpoint."""
+  path = Path(cfg.get("checkpoint") or "").expanduser()
+  if not cfg.get("checkpoint") or not _is_workdir(path):
+    return load_clip_setup(cfg)
+  arch, params, _ = restore_params(path, sharding.make_mesh(workdirs.read_config(path).mesh.axes))
+  no_object = cfg.get("no_object_logit", -1.0)
+  return ClipSetup(CLIP(arch), jax.device_get(params), cfg.get("crop_size") or arch.image_size,
+                   cfg.get("mask_threshold", 0.5), tuple(cfg.get("seen_classes", ())),
+                   None if no_object < 0 else no_object)
 
 
 def pretrained(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[ClipArchitecture, Any] | None:

@@ -128,7 +128,9 @@ def mine_shards(input_shards: str | Sequence[str], output_dir: str | Path, propo
     if not output.with_suffix(".json").exists():
       mine_shard(shard, output, propose, **options)
   totals: dict[str, int] = {}
-  for counts_file in sorted(output_dir.glob("*.json")):
+  for counts_file in sorted(tar.with_suffix(".json") for tar in output_dir.glob("*.tar")):
+    if not counts_file.exists():  # Another host's shard still being mined.
+      continue
     for name, value in json.loads(counts_file.read_text()).items():
       totals[name] = totals.get(name, 0) + value
   return totals
@@ -139,5 +141,12 @@ def clip_encoders(model, params, context_length: int = 77) -> tuple[Callable, Ca
   model's input size by the caller (`size=model.architecture.image_size`)."""
   encode_image = jax.jit(lambda x: model.apply({"params": params}, normalize_images(x), method="encode_image"))
   encode_text = jax.jit(lambda t: model.apply({"params": params}, t, method="encode_text"))
-  return (lambda crops: np.asarray(encode_image(jnp.asarray(crops))),
-          lambda texts: np.asarray(encode_text(jnp.asarray(tokenizer.tokenize(texts, context_length)))))
+  return (lambda crops: _padded(encode_image, crops),
+          lambda texts: _padded(encode_text, tokenizer.tokenize(texts, context_length)))
+
+
+def _padded(fn: Callable, x: np.ndarray, multiple: int = 8) -> np.ndarray:
+  """fn(x) with x's rows padded to a multiple of `multiple` (so a jitted tower compiles a few shapes, not one per
+  count of masks or nouns), the padding's rows dropped."""
+  pad = -len(x) % multiple
+  return np.asarray(fn(jnp.asarray(np.concatenate([x, np.repeat(x[:1], pad, axis=0)]))))[:len(x)]
