@@ -12,6 +12,9 @@ Per seed (the world's scenes, initialisations and data order all follow it), in 
   finetune   masked-crop fine-tuning of the image tower on the pairs (text locked, open_clip's AdamW, crops at
              scale 0.9-1.0, no flip, as released; the demo's lr and step count are its own);
   prompts    mask prompt tuning (depth 3, lr 0.05 as released) on the fine-tuned weights, only the prompts train;
+  maft       MAFT's IP-CLIP fine-tuning of the pre-trained CLIP on the proposal model's masks (configs/maft_demo.py);
+  ebseg      EBSeg trained on the seen classes' labels from the pre-trained CLIP (configs/ebseg_demo.py), which
+             names its own masks;
   eval       the rows of `ovseg_jax.methods.ovseg.demo_rows.ROWS` on the held-out split, every classifier naming the
              proposal model's own masks, and masked-crop accuracy of each CLIP on the split's labelled regions.
 WORKDIR/results.md holds the mean and spread over the seeds and the per-class figures. Every stage trains a fixed
@@ -20,7 +23,7 @@ test-sized run.
 """
 import ml_collections
 
-from configs import clip_demo, eval_suite, mask2former_demo
+from configs import clip_demo, ebseg_demo, eval_suite, maft_demo, mask2former_demo
 
 UNSEEN = mask2former_demo.UNSEEN
 
@@ -38,14 +41,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "ovseg_demo"
   c.seeds = (0, 1, 2)
+  # The stages this command runs, in order (empty: all of ovseg_jax.methods.ovseg.demo.STAGES). Commands running
+  # different stages may share a workdir, e.g. `proposals` and `ebseg` side by side once `clip` is done; a seed's
+  # rows are evaluated by the command that finds all its stages finished.
+  c.stages = ()
   c.unseen_classes = UNSEEN
 
   c.clip = clip_demo.get_config("tiny" if variant == "tiny" else None)
-  c.clip.total_steps = 600
+  c.clip.total_steps = 1500  # The shared-palette world names objects by shape alone: slower to learn.
+  c.clip.checkpoint.every_steps = 250
   _world(c.clip.data)
 
   c.proposals = mask2former_demo.get_config("tiny" if variant == "tiny" else None)
-  c.proposals.total_steps = 400
+  c.proposals.total_steps = 1000
+  c.proposals.checkpoint.every_steps = 250
   c.proposals.eval.num_overlays = 2
   _world(c.proposals.data)
 
@@ -56,18 +65,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       assign="mask"))  # Each mask its best noun (OVSeg's pairs); 'noun': each noun its best mask.
 
   # Masked-crop fine-tuning: configs/ovseg_finetune.py's recipe on the demo CLIP's architecture; the demo's own
-  # lr (a tenth of pre-training's: the released 5e-6 is for OpenAI's CLIP at batch 128-1024) and step count.
+  # lr (a fifth of pre-training's: the released 5e-6 is for OpenAI's CLIP at batch 128-1024) and step count (about
+  # two thirds of a pass over the 3 shards' pairs; released: 5 epochs).
   c.finetune = clip_demo.get_config("tiny" if variant == "tiny" else None)
   c.finetune.data.update(source="shards", shards="", crop_scale=(0.9, 1.0), flip=False)
   c.finetune.freeze = ("text",)
   c.finetune.init.required = True
-  c.finetune.total_steps = 150
-  c.finetune.optimizer.update(lr=5e-5, warmup_steps=15)
+  c.finetune.total_steps = 400
+  c.finetune.optimizer.update(lr=1e-4, warmup_steps=50)
 
   c.prompts = ml_collections.ConfigDict(c.finetune.to_dict())
   c.prompts.model.mask_prompt_depth = 3
   c.prompts.freeze = ("image", "text", "logit_scale")
+  c.prompts.total_steps = 200
   c.prompts.optimizer.update(lr=0.05, weight_decay=0.0)
+
+  # MAFT (configs/maft_demo.py) on the seed's CLIP and proposal model; EBSeg (configs/ebseg_demo.py) from the
+  # seed's CLIP with its own segmenter, trained on the same seen classes' labels.
+  c.maft = maft_demo.get_config(variant)
+  _world(c.maft.data)
+  c.ebseg = ebseg_demo.get_config(variant)
+  _world(c.ebseg.data)
 
   # Every classifier names the proposal model's masks: each pixel takes its winning mask's class, background a
   # class like the others (named by the scene words for CLIP); masks cut at 0.4 for CLIP's crops (OVSeg's inference).
@@ -85,10 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.finetune.total_steps = c.prompts.total_steps = 3
     c.finetune.optimizer.warmup_steps = c.prompts.optimizer.warmup_steps = 1
     c.mining.update(num_shards=1, min_pixels=1)
-    for section in (c.clip, c.proposals, c.finetune, c.prompts):
+    for section in (c.clip, c.proposals, c.finetune, c.prompts, c.maft, c.ebseg):
       section.data.update(num_train=32, num_eval=8, num_tune=4)
       section.checkpoint.every_steps = 3
-    c.proposals.data.num_labelled = 16
+    for section in (c.proposals, c.maft, c.ebseg):
+      section.data.num_labelled = 16
     c.eval.protocol.batch_size = 8
     c.eval.num_overlays = 0
   return c

@@ -1,6 +1,7 @@
 """OVSeg's open-vocabulary demo, piece by piece on untrained tiny workdirs (a step-0 checkpoint and config.json, as
 `ovseg_jax.main` writes them): proposals of a mask model workdir against a numpy resize, CLIP workdirs as engine
 classifiers, the mining command (resumable, with counts), the seed table; and the whole tiny pipeline (slow)."""
+import dataclasses
 import json
 
 import jax
@@ -13,7 +14,7 @@ from PIL import Image
 
 from configs import ovseg_demo
 from data_pipelines import demo_data
-from ovseg_jax.eval import engine
+from ovseg_jax.eval import classify, engine, mask_scores
 from ovseg_jax.eval.open_vocabulary import proposal_predictor
 from ovseg_jax.eval.protocol import Protocol
 from ovseg_jax.methods import registry
@@ -27,7 +28,7 @@ from ovseg_jax.train import checkpoint, sharding, workdir as workdirs
 
 def _tiny_config(root):
   config = ovseg_demo.get_config("tiny")
-  for name in ("clip", "proposals", "finetune", "prompts"):
+  for name in ("clip", "proposals", "finetune", "prompts", "maft", "ebseg"):
     config[name].data.demo_root = str(root / "demo")
   return config
 
@@ -110,6 +111,28 @@ def test_fixed_head_alone_scores_its_own_classes_and_never_a_held_out_one():
   assert np.all(scores[2:] == 0)
 
 
+def test_a_maft_ip_clip_names_the_proposals_with_its_own_forward(tiny):
+  """A ClipSetup with `ipclip` (a MAFT workdir's) scores every proposal in one IP-CLIP pass, not by masked crops."""
+  _, _, dirs = tiny
+  clip = clip_setup.classifier(ml_collections.ConfigDict({"checkpoint": str(dirs["clip"])}))
+  ipclip = dataclasses.replace(clip, ipclip=(0, clip.crop_size))
+  outputs, logits, probs = _fake_outputs()
+  protocol = Protocol(short_side=None, window=4, stride=4, templates=("{}",), background="none",
+                      background_threshold=0.5, background_score=0.5, decode="sum", batch_size=1, synonyms={})
+  names = ("background", "circle", "star")
+  window = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  scores = {setup.ipclip: proposal_predictor(outputs, {}, names[:2], names, 0, protocol, "ensemble:maft_ipclip",
+                                             setup).scores([window])[0] for setup in (clip, ipclip)}
+  text = mask_scores.class_text_embeddings(clip.module, clip.params, list(names), ("{}",),
+                                           clip.module.architecture.context_length)
+  p_clip = classify.ipclip_class_probs(clip.module, clip.params, normalize_images(jnp.asarray(window)[None]),
+                                       jnp.asarray(logits), text, 0, clip.crop_size)
+  m = 1 / (1 + np.exp(-logits[0].astype(np.float64)))
+  expected = np.einsum("nc,nhw->chw", np.asarray(p_clip[0], np.float64), m) / m.sum(0)
+  np.testing.assert_allclose(scores[ipclip.ipclip], expected, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(scores[None], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_engine_rows_for_the_head_a_clip_workdir_and_the_ensemble(tiny, tmp_path):
   config, root, dirs = tiny
   mask_model = proposals.load_mask_model(dirs["proposals"])
@@ -161,16 +184,48 @@ def test_the_demo_runs_from_main_and_its_rows_name_its_stages():
   config = ovseg_demo.get_config()
   assert registry.get(config).train_and_evaluate is demo.train_and_evaluate
   assert set(demo_rows.clip_stages(demo_rows.ROWS)) <= set(demo.STAGES)
-  assert config.clip.data.palette == config.proposals.data.palette == "shared"
+  assert {config[s].data.palette for s in ("clip", "proposals", "maft", "ebseg")} == {"shared"}
+  # MAFT and EBSeg start from the seed's pre-trained CLIP: the same architecture.
+  assert config.maft.model.to_dict() == config.ebseg.model.clip.to_dict() == config.clip.model.to_dict()
+  demo._check(config)
+  bad = dataclasses.replace(demo_rows.ROWS[1], clip_stage="proposals")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(demo_rows, "ROWS", [*demo_rows.ROWS, bad])
+    with pytest.raises(ValueError, match="no CLIP-training stage"):
+      demo._check(config)
   with pytest.raises(ValueError, match="one stage's config"):
     registry.get(config).build(config, None)
+
+
+def test_stages_run_in_any_split_of_commands_but_never_before_what_they_read(tmp_path):
+  config = ovseg_demo.get_config("tiny")
+  config.stages = ("clip", "typo")
+  with pytest.raises(ValueError, match=r"config.stages names \['typo'\]"):
+    demo.train_and_evaluate(config, tmp_path)
+  config.stages = ("pairs",)
+  with pytest.raises(ValueError, match=r"'pairs' reads the workdirs of \['clip', 'proposals'\]"):
+    demo.train_and_evaluate(config, tmp_path)
+  for stage in ("clip", "proposals"):  # Finished as far as the runner can tell: the seed still waits for the rest.
+    (tmp_path / "seed_0" / stage).mkdir(parents=True)
+    (tmp_path / "seed_0" / stage / "stage_done.json").write_text("{}")
+  config.update(seeds=(0,), stages=())
+  with pytest.MonkeyPatch.context() as patch:
+    ran = []
+    patch.setattr(demo, "STAGES", {name: dataclasses.replace(stage, run=lambda c, s, d, name=name: ran.append(name))
+                                   for name, stage in demo.STAGES.items() if name in ("clip", "proposals", "pairs")}
+                  | {name: stage for name, stage in demo.STAGES.items() if name not in ("clip", "proposals", "pairs")})
+    config.stages = ("clip", "proposals", "pairs")
+    assert demo.train_and_evaluate(config, tmp_path) == []  # finetune, prompts, maft, ebseg not finished.
+  assert ran == ["pairs"]
+  assert not (tmp_path / "seed_0" / "eval").exists()
 
 
 @pytest.mark.slow  # Every stage of the tiny demo trains and compiles: `python -m pytest -q -m slow`.
 def test_tiny_demo_end_to_end(tmp_path):
   config = _tiny_config(tmp_path)
   config.seeds = (0,)
-  config.proposals.batch_size = 8  # One image per fake device (tests/conftest.py).
+  for section in ("proposals", "maft", "ebseg"):
+    config[section].batch_size = 8  # One image per fake device (tests/conftest.py).
   summary = demo.train_and_evaluate(config, tmp_path / "run")
   assert [s["predictor"] for s in summary] == [r.name for r in demo_rows.ROWS]
   text = (tmp_path / "run" / "results.md").read_text()

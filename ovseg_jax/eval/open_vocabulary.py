@@ -109,7 +109,7 @@ def proposal_predictor(outputs: Any, params: Any, own_classes: tuple[str, ...], 
                                                   clip.module.architecture.context_length)
     reclassify = classify.make_reclassifier(classifier, clip.module, clip.params, clip_text, jnp.asarray(groups),
                                             known, clip.crop_size, clip.mask_threshold,
-                                            no_object_logit=clip.no_object_logit)
+                                            no_object_logit=clip.no_object_logit, ipclip=clip.ipclip)
     details = _classifier_details(classifier, [n for n in names if n in own_classes], own_classes, protocol,
                                   "the proposal model's training classes")
     if classifier.startswith("ensemble:"):

@@ -9,19 +9,24 @@ the seeds so far is rewritten (`demo_table`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from data_pipelines import demo_data
 from ovseg_jax.eval import engine
+from ovseg_jax.eval.open_vocabulary import ClipSetup
 from ovseg_jax.methods.clip import evaluation, setup as clip_setup, trainer as clip_trainer
+from ovseg_jax.methods.ebseg import trainer as ebseg
+from ovseg_jax.methods.maft import trainer as maft
 from ovseg_jax.methods.mask2former import trainer as mask2former
 from ovseg_jax.methods.ovseg import demo_rows, demo_table, mine, proposals
-from ovseg_jax.train import progress
+from ovseg_jax.train import progress, workdir as workdirs
 
 _DONE = "stage_done.json"
 
@@ -65,32 +70,82 @@ def _adapt(name: str, start: str) -> Callable:
   return run
 
 
+def _maft(config, seed, seed_dir):
+  section = _section(config, "maft", seed)
+  section.init.update(clip=str(seed_dir / "clip"), mask2former=str(seed_dir / "proposals"))
+  maft.train_and_evaluate(section, seed_dir / "maft")
+
+
+def _ebseg(config, seed, seed_dir):
+  section = _section(config, "ebseg", seed)
+  if section.init.get("required", True):  # The tiny variant's EBSeg starts from a random CLIP of its own shape.
+    section.init.clip = str(seed_dir / "clip")
+  ebseg.train_and_evaluate(section, seed_dir / "ebseg")
+
+
+def _clip_classifier(config: ml_collections.ConfigDict, stage_dir: Path) -> ClipSetup:
+  return clip_setup.classifier(ml_collections.ConfigDict({**config.eval.clip.to_dict(), "checkpoint": str(stage_dir)}))
+
+
+def _ipclip(config: ml_collections.ConfigDict, stage_dir: Path) -> ClipSetup:
+  return maft.ipclip_setup(workdirs.read_config(stage_dir), stage_dir)
+
+
+def _ebseg_candidates(stage_dir: Path, rows: list[tuple[str, str]]) -> list[engine.Candidate]:
+  section = workdirs.read_config(stage_dir)
+  model, params, _ = ebseg.restore_model(section, stage_dir)
+  return [c for name, classifier in rows
+          for c in ebseg.candidates(model, jax.device_get(params), section, (classifier,), name=name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """`run(config, seed, seed_dir)` writes the stage's workdir WORKDIR/seed_N/<name>/. A stage that trains a CLIP
+  gives it to the rows naming it as `clip_stage` (`clip(config, stage_dir)`); a stage that segments by itself gives
+  the candidates of the rows naming it as `segmenter` (`segment(stage_dir, [(row name, classifier)])`)."""
+  run: Callable[[ml_collections.ConfigDict, int, Path], None]
+  needs: tuple[str, ...] = ()  # The stages whose workdirs this one reads.
+  clip: Callable[[ml_collections.ConfigDict, Path], ClipSetup] | None = None
+  segment: Callable[[Path, list[tuple[str, str]]], list[engine.Candidate]] | None = None
+
+
 # In order; each writes WORKDIR/seed_N/<name>/. A later CLIP-based method adds its stage (and rows in demo_rows).
-STAGES: dict[str, Callable[[ml_collections.ConfigDict, int, Path], None]] = {
-    "clip": _clip,
-    "proposals": _proposals,
-    "pairs": _pairs,
-    "finetune": _adapt("finetune", "clip"),
-    "prompts": _adapt("prompts", "finetune"),
+STAGES: dict[str, Stage] = {
+    "clip": Stage(_clip, clip=_clip_classifier),
+    "proposals": Stage(_proposals),
+    "pairs": Stage(_pairs, needs=("clip", "proposals")),
+    "finetune": Stage(_adapt("finetune", "clip"), needs=("clip", "pairs"), clip=_clip_classifier),
+    "prompts": Stage(_adapt("prompts", "finetune"), needs=("finetune", "pairs"), clip=_clip_classifier),
+    "maft": Stage(_maft, needs=("clip", "proposals"), clip=_ipclip),
+    "ebseg": Stage(_ebseg, needs=("clip",), segment=_ebseg_candidates),
 }
 
 
-def _row_specs(config: ml_collections.ConfigDict, clips: dict[str, Any]) -> list[tuple[str, str, Any]]:
-  return [(r.name, config.ensemble if r.classifier == "ensemble" else r.classifier, clips.get(r.clip_stage))
-          for r in demo_rows.ROWS]
+def _candidates(config: ml_collections.ConfigDict, seed_dir: Path, clips: dict[str, ClipSetup]
+                ) -> list[engine.Candidate]:
+  """Every row's engine candidate, in the rows' order: the proposal model's masks named by a classifier, or a
+  segmenting stage's own rows."""
+  mask_model = proposals.load_mask_model(seed_dir / "proposals")
+  by_name = {}
+  for r in demo_rows.ROWS:
+    if r.segmenter == "proposals":
+      classifier = config.ensemble if r.classifier == "ensemble" else r.classifier
+      by_name.update((c.name, c) for c in proposals.candidates(mask_model, [(r.name, classifier,
+                                                                               clips.get(r.clip_stage))]))
+  for stage in dict.fromkeys(r.segmenter for r in demo_rows.ROWS if r.segmenter != "proposals"):
+    rows = [(r.name, r.classifier) for r in demo_rows.ROWS if r.segmenter == stage]
+    by_name.update((c.name, c) for c in STAGES[stage].segment(seed_dir / stage, rows))
+  return [by_name[r.name] for r in demo_rows.ROWS]
 
 
 def evaluate_seed(config: ml_collections.ConfigDict, seed: int, seed_dir: Path) -> list[dict[str, Any]]:
   """Every row on the seed's held-out split, with each CLIP's masked-crop accuracy on the split's labelled regions
   (seen / unseen: the mean of the classes' accuracies)."""
-  mask_model = proposals.load_mask_model(seed_dir / "proposals")
-  clips = {stage: clip_setup.classifier(ml_collections.ConfigDict({**config.eval.clip.to_dict(),
-                                                                   "checkpoint": str(seed_dir / stage)}))
-           for stage in demo_rows.clip_stages(demo_rows.ROWS)}
+  clips = {stage: STAGES[stage].clip(config, seed_dir / stage) for stage in demo_rows.clip_stages(demo_rows.ROWS)}
   paths = _world_paths(config, seed)
-  rows = engine.evaluate_suite(config.eval, proposals.candidates(mask_model, _row_specs(config, clips)),
-                               seed_dir / "eval", f"Open-vocabulary demo, seed {seed}",
-                               {"demo": str(Path(paths.eval_dir).parent)}, extra={"seed": seed})
+  rows = engine.evaluate_suite(config.eval, _candidates(config, seed_dir, clips), seed_dir / "eval",
+                               f"Open-vocabulary demo, seed {seed}", {"demo": str(Path(paths.eval_dir).parent)},
+                               extra={"seed": seed})
   split = demo_data.load_labelled_split(paths.eval_dir)
   unseen = set(config.unseen_classes)
   accuracy = {}
@@ -109,8 +164,12 @@ def _run_stage(name: str, config: ml_collections.ConfigDict, seed: int, seed_dir
   done = seed_dir / name / _DONE
   if done.exists():
     return
+  missing = [n for n in STAGES[name].needs if not (seed_dir / n / _DONE).exists()]
+  if missing:
+    raise ValueError(f"open-vocabulary demo, seed {seed}: stage {name!r} reads the workdirs of {missing}, which are "
+                     f"not finished in {seed_dir}: run those stages first (config.stages).")
   progress.log(f"open-vocabulary demo, seed {seed}: stage {name}")
-  STAGES[name](config, seed, seed_dir)
+  STAGES[name].run(config, seed, seed_dir)
   done.parent.mkdir(parents=True, exist_ok=True)
   done.write_text(json.dumps({"stage": name, "seed": seed}) + "\n")
 
@@ -122,8 +181,12 @@ def _seed_rows(config: ml_collections.ConfigDict, seed: int, workdir: Path, run:
     return json.loads(saved.read_text())
   if not run:
     return []
-  for name in STAGES:
+  for name in config.get("stages") or STAGES:
     _run_stage(name, config, seed, seed_dir)
+  unfinished = [n for n in STAGES if not (seed_dir / n / _DONE).exists()]
+  if unfinished:
+    progress.log(f"open-vocabulary demo, seed {seed}: stages {unfinished} are not finished; its rows wait for them")
+    return []
   rows = evaluate_seed(config, seed, seed_dir)
   counts = seed_dir / "pairs" / "counts.json"
   rows = [{**r, "mining": json.loads(counts.read_text())} if counts.exists() else r for r in rows]
@@ -134,9 +197,16 @@ def _seed_rows(config: ml_collections.ConfigDict, seed: int, workdir: Path, run:
 def _check(config: ml_collections.ConfigDict) -> None:
   if not config.seeds:
     raise ValueError("config.seeds is empty: give at least one seed, e.g. (0, 1, 2).")
-  unknown = sorted({r.clip_stage for r in demo_rows.ROWS if r.clip_stage} - set(STAGES))
+  unknown = sorted(set(config.get("stages") or ()) - set(STAGES))
   if unknown:
-    raise ValueError(f"demo rows name stages {unknown} that demo.STAGES does not run.")
+    raise ValueError(f"config.stages names {unknown}: use stages of {list(STAGES)} (empty: all, in that order).")
+  for row in demo_rows.ROWS:
+    if row.clip_stage and (row.clip_stage not in STAGES or STAGES[row.clip_stage].clip is None):
+      raise ValueError(f"demo row {row.name!r} names {row.clip_stage!r}, which is no CLIP-training stage of "
+                       "demo.STAGES.")
+    if row.segmenter != "proposals" and (row.segmenter not in STAGES or STAGES[row.segmenter].segment is None):
+      raise ValueError(f"demo row {row.name!r} names {row.segmenter!r}, which is no segmenting stage of "
+                       "demo.STAGES.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, run: bool = True

@@ -1,6 +1,7 @@
 """The rows of the open-vocabulary demo's table: which classifier names the proposal model's masks, with which
-stage's CLIP. A CLIP-based method adds its stage to `demo.STAGES` (a function writing a CLIP training workdir in
-the seed's directory) and its rows here; every row is evaluated on the same proposals, images and seeds."""
+stage's CLIP, or which stage segments by itself. A method adds its stage to `demo.STAGES` and its rows here; every
+row is evaluated on the same images and seeds, and every row but a self-segmenting method's on the same
+proposals."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +10,12 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Row:
   name: str
-  # 'learned' (the proposal model's own head), 'clip_crop' (the CLIP's masked crops alone) or 'ensemble' (the demo
-  # config's `ensemble` of both, OVSeg's by default).
+  # 'learned' (the proposal model's own head), 'clip_crop' (the CLIP's masked crops alone), 'ensemble' (the demo
+  # config's `ensemble` of both, OVSeg's by default) or a named classifier ('ensemble:maft_ipclip'; for a
+  # segmenting stage, one of its own classifiers).
   classifier: str
   clip_stage: str = ""  # The stage whose CLIP workdir classifies (its directory name in the seed's directory).
+  segmenter: str = "proposals"  # Whose masks: the proposal model's, or a stage that segments by itself (EBSeg).
 
 
 ROWS: list[Row] = [
@@ -23,6 +26,14 @@ ROWS: list[Row] = [
     Row("OVSeg ensemble, frozen demo CLIP", "ensemble", "clip"),
     Row("OVSeg ensemble, fine-tuned CLIP", "ensemble", "finetune"),
     Row("OVSeg ensemble, fine-tuned CLIP + mask prompts", "ensemble", "prompts"),
+    # MAFT: the frozen-CLIP baseline of its supplement (eq. 1), then its IP-CLIP as released (scores alone) and
+    # in eq. 1.
+    Row("eq. 1 (lambda 0.8), frozen demo CLIP", "ensemble:maft_frozen_clip", "clip"),
+    Row("MAFT IP-CLIP", "ensemble:maft_ipclip", "maft"),
+    Row("MAFT IP-CLIP, eq. 1 (lambda 0.8)", "ensemble:maft_ipclip_ensemble", "maft"),
+    # EBSeg names its own masks: its released three-way combination and its segmenter's embedding A alone.
+    Row("EBSeg, its own masks (A, B, D combined)", "learned", segmenter="ebseg"),
+    Row("EBSeg, its own masks (embedding A)", "embedding_a", segmenter="ebseg"),
 ]
 
 
