@@ -23,7 +23,11 @@ def concat(class_names: tuple[str, ...], unseen: tuple[str, ...], crop_size: int
       setting="transductive",  # 'inductive': no unseen names in training, no CAT / union; +1 on unseen logits.
       tau=0.07,  # Supplement sec. 1: tau = 0.07 (the projector's cosine temperature).
       gamma=2.0,  # Supplement sec. 1 and Table 7: segments enhanced with gamma = 2.
-      bank_size=32,  # Supplement sec. 1 and Table 1: "bank size in CGA is 32".
+      # Supplement sec. 1 and Table 1: "bank size in CGA is 32" CLS tokens as CON's negatives. Taken from the step's
+      # global batch (the other images' complete and segment tokens: batch 16 gives far more than 32), not a queue
+      # across steps: the papers' available text does not say the bank persists, and the train state holds only
+      # parameters and optimizer state.
+      bank_size=32,
       con_weight=1.0,  # Chosen: the papers give no weight for CON beside Mask2Former's terms.
       tau_r=0.07,  # Supplement Table 3: tau_r = 0.07 with bank 32.
       lambda_r=0.1,  # Supplement sec. 1; weights vision -> semantic here (losses.py says which term is which).

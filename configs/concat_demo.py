@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("default", "tiny"):
     raise ValueError(f"configs/concat_demo.py: unknown variant {variant!r}; use 'default' or 'tiny'.")
   names = tuple(c["name"] for c in demo_panoptic.categories())
-  c = concat_common.concat(names, UNSEEN, crop_size=64, batch_size=32, stage_steps=(300, 150, 100))
+  c = concat_common.concat(names, UNSEEN, crop_size=64, batch_size=32, stage_steps=(600, 150, 100))
   c.data.update(source="demo_panoptic", targets="panoptic", demo_root="~/.cache/ovseg_jax/demo", image_size=64,
                 num_train=6000, num_eval=300, num_tune=50, max_targets=8, workers=2, short_sides=(48, 56, 64, 72, 80))
   mask2former_demo.demo_model(c)
@@ -37,11 +37,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.stages.update(base_steps=2, cat_steps=2, union_steps=2)
     c.total_steps = 2
     c.log_every_steps = 1
-    c.data.update(num_train=24, num_eval=4, num_tune=2)
-    c.model.backbone.update(stem_width=8, bottleneck_widths=(8, 8, 8, 8), out_channels=(16, 16, 16, 16))
+    c.data.update(num_train=24, num_eval=4, num_tune=2, max_targets=5)  # A scene has at most 5 segments.
+    c.model.backbone.update(depths=(1, 1, 1, 1), stem_width=8, bottleneck_widths=(8, 8, 8, 8),
+                            out_channels=(16, 16, 16, 16))
     c.model.pixel_decoder.update(conv_dim=16, mask_dim=16, num_layers=1, num_heads=2, ffn_dim=32, num_groups=4)
-    c.model.decoder.update(num_queries=6, hidden_dim=16, num_heads=2, ffn_dim=32)
-    c.loss.num_points = 64
+    c.model.decoder.update(num_queries=6, hidden_dim=16, num_heads=2, ffn_dim=32, num_layers=1)
+    c.loss.num_points = 32
     c.optimizer.warmup_steps = 1
     c.concat.update(projector_hidden_dim=16, generator_hidden_dims=(16, 16, 16, 16), latent_dim=4,
                     generated_per_class=3, bank_size=4)

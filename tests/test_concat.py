@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ovseg_jax.methods.concat import heads, losses
+from ovseg_jax.methods.concat import heads, losses, setup, stages
 
 RNG = np.random.default_rng(0)
 
@@ -108,3 +108,23 @@ def test_classification_and_vae_terms_equal_float64_reference():
   want = np.mean((rec - real) ** 2, -1) + 0.5 * np.sum(np.exp(log_var) + mean ** 2 - 1 - log_var, -1)
   assert float(got) == pytest.approx(want[valid].mean(), rel=1e-5)
   assert float(losses.cat_loss(1.0, 2.0, 3.0, lambda_r=0.1, lambda_f=0.01)) == pytest.approx(1.23)
+
+
+def test_pseudo_queries_are_decoded_inside_the_context_batch():
+  """Each class's pseudo queries come from one decoder batch [its rows; the context rows] (BatchNorm over that
+  whole batch), against a float64 transcription."""
+  gen = heads.Generator(query_dim=6, hidden_dims=(16, 16, 16, 16), latent_dim=4)
+  params = gen.init({"params": jax.random.key(0)}, *_f32(RNG.normal(size=(4, 6)), RNG.normal(size=(4, 5))),
+                    jax.random.key(1))["params"]
+  text, context = RNG.normal(size=(3, 5)), RNG.normal(size=(7, 5))
+  models = setup.Models(mask2former=None, projector=None, generator=gen)
+  key = jax.random.key(2)
+  got = np.asarray(stages.generate_in_context(models, {"generator": params}, *_f32(text), 2,
+                                              jnp.asarray(context, jnp.float32), key))
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  want = []
+  for u, class_key in enumerate(jax.random.split(key, 3)):
+    rows = np.concatenate([np.repeat(text[u:u + 1], 2, 0), context])
+    prior = np.asarray(jax.random.normal(class_key, (len(rows), 4)), np.float64)
+    want.append(_np_dense(p["out_head"], _np_stack(p["decoder"], np.concatenate([prior, rows], -1)))[:2])
+  np.testing.assert_allclose(got, np.concatenate(want), rtol=1e-4, atol=1e-4)

@@ -11,7 +11,8 @@ variance of the latent; the decoder reads a latent and a text embedding and give
 side is four Linear-BatchNorm1d-LeakyReLU blocks, then a Linear head (the latent's mean and log variance, or the
 embedding; choice: the embedding can then take any sign, as decoder queries do). BatchNorm normalises by the
 statistics of the batch it is given (PyTorch's training mode), also when generating: the generator is only ever
-applied to batches, and keeps no running averages.
+applied to batches, and keeps no running averages. A batch's statistics carry its classes, so pseudo queries of
+unseen classes are decoded inside a batch of the seen conditions CAT trained on (`stages.generate_in_context`).
 """
 from __future__ import annotations
 

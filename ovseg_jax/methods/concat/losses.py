@@ -16,7 +16,13 @@ CAT (cycle transition, trains the generator; the base model and projector frozen
   latent to N(0, I). Which term each lambda weights is chosen here as named above.
 
 Union fine-tuning: the projector alone is trained by cross-entropy over seen + unseen classes (+ no object) on the
-real queries of the training images (matched: their class; unmatched: no object) and generated unseen ones.
+real queries of the training images (matched: their class; unmatched: no object) and generated unseen ones
+(supplement Tables 4-5: no pseudo seen queries, 150 noise samples per unseen class).
+
+The main paper's abstract gives CON's targets (CLS tokens of the complete and the masked image) and CAT's two
+directions (pseudo queries pulled to the targets with segments and pushed from those without; mapped back to
+semantics and supervised by the real text embeddings); the exact formulas above (the enhancement, the InfoNCE
+forms, the VAE terms) are this implementation's reading of them and of the supplement's ablations.
 """
 from __future__ import annotations
 

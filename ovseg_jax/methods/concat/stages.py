@@ -93,6 +93,22 @@ def cat_loss(models, config, params, batch, key, frozen):
   return loss, {"loss": loss, "loss_contrast": contrast, "loss_semantic": semantic, "loss_vae": vae}
 
 
+def generate_in_context(models: setup.Models, params: dict, text: jax.Array, count: int, context: jax.Array,
+                        key: jax.Array) -> jax.Array:
+  """`count` pseudo queries for each of the classes whose text embeddings are `text` [U, C] -> [U * count, D].
+
+  The generator's BatchNorm normalises by the statistics of the batch it decodes, and CAT trained it on batches of
+  the step's matched targets' classes; so each class's pseudo queries are decoded inside a batch that also holds
+  `context` [N, C] (the step's matched seen classes, as CAT saw them), and only that class's rows are kept. Decoded
+  alone, a batch of one class's (or only the unseen classes') conditions has its class direction normalised away:
+  such pseudo queries no longer carry their class."""
+  def one_class(class_text, class_key):
+    rows = jnp.concatenate([jnp.broadcast_to(class_text, (count, class_text.shape[-1])), context], 0)
+    return models.generator.apply({"params": params["generator"]}, rows, class_key, method="generate")[:count]
+  generated = jax.vmap(one_class)(text, jax.random.split(key, text.shape[0]))
+  return generated.reshape(-1, generated.shape[-1])
+
+
 def union_loss(models, config, params, batch, key, frozen):
   c = config.concat
   seen, unseen = class_columns(config)
@@ -105,8 +121,9 @@ def union_loss(models, config, params, batch, key, frozen):
       jnp.arange(b)[:, None], jnp.where(matched, pred_for_target, q)].set(
           jnp.asarray(seen)[jnp.maximum(batch["target_classes"], 0)], mode="drop").reshape(-1)
   n = c.generated_per_class
-  generated = models.generator.apply({"params": params["generator"]}, frozen["text"][np.repeat(unseen, n)], gen_key,
-                                     method="generate")
+  _, context_classes, _, _, _ = _real_queries(outputs, pred_for_target, matched, batch["target_classes"])
+  generated = generate_in_context(models, params, frozen["text"][unseen], n, frozen["text"][seen][context_classes],
+                                  gen_key)
   embeddings = jnp.concatenate([queries, jax.lax.stop_gradient(generated)], 0)
   labels = jnp.concatenate([query_class, jnp.asarray(np.repeat(unseen, n), jnp.int32)])
   projected, no_object = models.projector.apply({"params": params["projector"]}, embeddings)
