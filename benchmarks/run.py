@@ -1,13 +1,15 @@
 r"""Speed against the machine's limit and against the PyTorch way, measured in one run.
 
-  python -m benchmarks.run [--sections=ceiling,vit,torch,demo,paper,matching,mask2former,pipeline,eval] \
+  python -m benchmarks.run [--sections=ceiling,vit,torch,demo,paper,matching,mask2former,methods,paper_pieces,...] \
       [--torch_python=/path/to/python-with-torch-and-timm] [--out=/tmp/benchmarks.json]
 
 Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
 torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
 (Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
-FLOPs, and the paper step reading stored pseudo masks (`pseudo_masks.source='stored'`) with its speed-up; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
-R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch Python, transformers' Mask2Former; DINO + K-means
+FLOPs, the paper step in bfloat16 compute, and the paper step reading stored pseudo masks (`pseudo_masks.source='stored'`) with its speed-up; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
+R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch Python, transformers' Mask2Former; the other methods' steps
+(benchmarks/methods.py: CLIP fine-tuning beside transformers' CLIPModel, MAFT's IP-CLIP, EBSeg); `paper_pieces` (not by
+default): the paper step's pieces alone (benchmarks/paper_profile.py); DINO + K-means
 pseudo masks per image and K-means beside sklearn's; the input pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
 `scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
 
@@ -24,19 +26,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from benchmarks import common
+from benchmarks import common, methods, paper_profile
 from ovseg_jax import allocator
-
-def _compiled_flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
-
-
-def _peak_gib(compiled) -> float:
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes) / 2 ** 30
-
 
 def ceiling() -> list[dict]:
   import jax
@@ -50,20 +41,6 @@ def ceiling() -> list[dict]:
       seconds = common.median_seconds(lambda: f(a, a).block_until_ready(), repeats=5)
       rows.append({"what": f"matmul {n} {name}", "GFLOP/s": 2 * n ** 3 / seconds / 1e9})
   return rows
-
-
-def _timed_step(step, state, *args, repeats: int = 5) -> tuple[float, float, object]:
-  """(compile seconds, median seconds per step, the compiled step); `step` donates its state."""
-  import jax
-  start = time.perf_counter()
-  compiled = step.lower(state, *args).compile()
-  compile_seconds = time.perf_counter() - start
-  holder = {"state": state}
-
-  def run():
-    holder["state"], metrics = compiled(holder["state"], *args)
-    jax.block_until_ready(metrics)
-  return compile_seconds, common.median_seconds(run, repeats=repeats, warmup=2), compiled
 
 
 def vit_step(batch: int = 8) -> dict:
@@ -92,11 +69,11 @@ def vit_step(batch: int = 8) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  compile_s, seconds, compiled = _timed_step(jax.jit(step, donate_argnums=0), (params, tx.init(params)), images,
+  compile_s, seconds, compiled = methods.timed_step(jax.jit(step, donate_argnums=0), (params, tx.init(params)), images,
                                              labels)
-  flops = _compiled_flops(compiled)
+  flops = methods.compiled_flops(compiled)
   return {"what": "ViT-S/16 train step, batch 8, 224 (Flax)", "img/s": batch / seconds,
-          "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
+          "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": methods.peak_gib(compiled),
           "compile s": compile_s}
 
 
@@ -136,24 +113,17 @@ def method_step(config, batch: int, label: str) -> tuple[dict, float]:
   import jax
   from ovseg_jax.methods import registry
   from ovseg_jax.methods.sseg import setup
-  from ovseg_jax.train import sharding
   config.batch_size = batch
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-  trainable = registry.get(config).build(config, mesh)
-  compile_s, seconds, compiled = _timed_step(trainable.step, trainable.state,
-                                             sharding.host_batch_to_global(common.random_batch(trainable, batch), mesh),
-                                             jax.random.key(0), trainable.frozen, repeats=3)
-  flops = _compiled_flops(compiled)
+  trainable = registry.get(config).build(config, methods.single_device_mesh())
   size = config.data.image_size
-  row = {"what": f"{label} train step, batch {batch}, {size} px", "img/s": batch / seconds,
-         "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
-         "compile s": compile_s}
+  row, seconds = methods.step_row(trainable, common.random_batch(trainable, batch), trainable.frozen, batch,
+                                  f"{label} train step, batch {batch}, {size} px")
   dino = setup.pseudo_mask_dino(config.pseudo_masks) if "pseudo_masks" in config else None
   if dino:
     module, params = dino
     images = np.zeros((batch, size, size, 3), np.float32)
-    dino_flops = _compiled_flops(jax.jit(lambda p, x: module.apply({"params": p}, x)).lower(params, images).compile())
-    row["DINO share of FLOPs"] = dino_flops / flops
+    dino_flops = methods.compiled_flops(jax.jit(lambda p, x: module.apply({"params": p}, x)).lower(params, images).compile())
+    row["DINO share of FLOPs"] = dino_flops / (row["GFLOP/step"] * 1e9)
   return row, seconds
 
 
@@ -189,37 +159,20 @@ def mask2former_rows(python: str, batch: int = 2, targets: int = 10) -> list[dic
   """The Mask2Former R50 train step of configs/mask2former_ade150.py (512 crops, 100 queries, 12544 points, 10
   supervised predictions, on-device matching) on blocky labels with `targets` classes per image; beside it,
   transformers' Mask2Former (R50 backbone, the same losses, scipy matching) in PyTorch eager."""
-  import jax
   from configs import mask2former_ade150
   from ovseg_jax.methods import registry
-  from ovseg_jax.methods.mask2former import data
-  from ovseg_jax.train import sharding
   config = mask2former_ade150.get_config()
   config.batch_size, size = batch, config.data.crop_size
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
-  trainable = registry.get(config).build(config, mesh)
-  blocks = np.random.default_rng(0).integers(0, targets, (batch, size // 32, size // 32))
-  labels = blocks.repeat(32, 1).repeat(32, 2)
-  segments, classes = zip(*(data.semantic_targets(label, config.data.max_targets) for label in labels))
-  host = {"image": common.random_batch(trainable, batch)["image"], "segments": np.stack(segments),
-          "target_classes": np.stack(classes)}
-  compile_s, seconds, compiled = _timed_step(trainable.step, trainable.state, sharding.host_batch_to_global(host, mesh),
-                                             jax.random.key(0), None, repeats=3)
-  flops = _compiled_flops(compiled)
-  row = {"what": f"Mask2Former R50 train step (ADE-150 config), batch {batch}, {size} px", "img/s": batch / seconds,
-         "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": _peak_gib(compiled),
-         "compile s": compile_s}
+  trainable = registry.get(config).build(config, methods.single_device_mesh())
+  row, seconds = methods.step_row(trainable, methods.segmentation_batch(trainable, config, batch, targets), None,
+                                  batch, f"Mask2Former R50 train step (ADE-150 config), batch {batch}, {size} px")
   rows = [row]
-  if python:
-    out = subprocess.run([python, "-c", TORCH_MASK2FORMER_SCRIPT, str(batch), str(size), "150", str(targets)],
-                         capture_output=True, text=True, timeout=1800)
-    if out.returncode:
-      logging.warning("PyTorch Mask2Former peer failed: %s", out.stderr[-500:])
-    else:
-      peer_seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-      row["vs PyTorch"] = peer_seconds / seconds
-      rows.append({"what": f"Mask2Former R50 train step, batch {batch}, {size} px (PyTorch eager, transformers)",
-                   "img/s": batch / peer_seconds})
+  peer = methods.run_peer(python, TORCH_MASK2FORMER_SCRIPT, [str(batch), str(size), "150", str(targets)],
+                          "Mask2Former")
+  if peer:
+    row["vs PyTorch"] = peer / seconds
+    rows.append({"what": f"Mask2Former R50 train step, batch {batch}, {size} px (PyTorch eager, transformers)",
+                 "img/s": batch / peer})
   return rows
 
 
@@ -334,14 +287,21 @@ def main(argv) -> None:
   if "paper" in sections:
     config = sseg_cc12m.get_config("runlocal")
     row, paper_seconds = method_step(config, 2, "paper config (Swin-S, N=64, DINO S/8)")
-    config.pseudo_masks.source = "stored"
+    config.model.dtype = "bfloat16"
+    bf16, bf16_seconds = method_step(config, 2, "paper config, bfloat16 compute")
+    bf16["img/s vs float32"] = paper_seconds / bf16_seconds
+    config.model.dtype, config.pseudo_masks.source = "float32", "stored"
     stored, stored_seconds = method_step(config, 2, "paper config, stored pseudo masks (no DINO, no K-means)")
     stored["img/s vs online"] = paper_seconds / stored_seconds
-    rows += [row, stored]
+    rows += [row, bf16, stored]
   if "matching" in sections:
     rows += matching_rows(paper_seconds)
   if "mask2former" in sections:
     rows += mask2former_rows(f.torch_python)
+  if "methods" in sections:
+    rows += methods.method_rows(f.torch_python)
+  if "paper_pieces" in sections:
+    rows += paper_profile.piece_rows()
   if "pseudo_masks" in sections:
     rows += pseudo_mask_rows(f.torch_python)
   if "pipeline" in sections:
@@ -371,7 +331,7 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.DEFINE_list("sections", ["ceiling", "vit", "torch", "demo", "paper", "matching", "mask2former",
-                                 "pseudo_masks", "pipeline", "eval"],
+                                 "methods", "pseudo_masks", "pipeline", "eval"],
                     "Which measurements to run.")
   flags.DEFINE_string("torch_python", "", "A Python with torch and timm for the PyTorch peer.")
   flags.DEFINE_string("out", "", "JSON output path.")

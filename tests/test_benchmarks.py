@@ -42,12 +42,12 @@ def test_report_prints_the_table_and_writes_json(tmp_path, capsys):
 def test_flop_count_of_a_compiled_matmul_is_analytic():
   import jax
   import jax.numpy as jnp
-  from benchmarks import run
+  from benchmarks import methods
   a = jnp.ones((64, 96), jnp.float32)
   b = jnp.ones((96, 32), jnp.float32)
   compiled = jax.jit(jnp.matmul).lower(a, b).compile()
-  assert run._compiled_flops(compiled) == 2 * 64 * 96 * 32
-  assert run._peak_gib(compiled) > 0
+  assert methods.compiled_flops(compiled) == 2 * 64 * 96 * 32
+  assert methods.peak_gib(compiled) > 0
 
 
 def test_matching_rows_report_the_share_of_a_step():
@@ -55,3 +55,18 @@ def test_matching_rows_report_the_share_of_a_step():
   rows = run.matching_rows(paper_step_seconds=10.0, batch=1, layers=2)
   assert rows[0]["ms"] > 0 and rows[1]["ms"] > 0
   assert rows[0]["share of paper step"] == rows[0]["ms"] / 1e3 / 10.0
+
+
+def test_trace_summary_sums_operations_by_model_part_and_kind(tmp_path):
+  import gzip
+  from benchmarks import paper_profile
+  hlo = ('  %ynn_fusion.1 = f32[2] fusion(%a), metadata={op_name="jit(step)/jvp(SSeg)/backbone/qkv/dot_general"}\n'
+         '  %copy_fusion.2 = f32[2] fusion(%b), metadata={op_name="jit(step)/transpose(jvp(SSeg))/backbone/reshape"}\n'
+         '  ROOT %add.3 = f32[2] add(%c, %d), metadata={op_name="jit(step)/jvp(DinoViT)/block_0/add"}\n')
+  events = [{"ph": "X", "name": "ynn_fusion.1", "dur": 3000}, {"ph": "X", "name": "copy_fusion.2", "dur": 1000},
+            {"ph": "X", "name": "add.3", "dur": 500}, {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000}]
+  with gzip.open(tmp_path / "x.perfetto_trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  summary = paper_profile.summarise_trace(tmp_path, hlo)
+  assert summary["part"] == {"backbone (fwd)": 3.0, "backbone (bwd)": 1.0, "DinoViT (fwd)": 0.5}
+  assert summary["kind"] == {"matmul (ynn / dot fusions)": 3.0, "other": 1.5}
