@@ -94,8 +94,9 @@ def _ipclip(config: ml_collections.ConfigDict, stage_dir: Path) -> ClipSetup:
 def _ebseg_candidates(stage_dir: Path, rows: list[tuple[str, str]]) -> list[engine.Candidate]:
   section = workdirs.read_config(stage_dir)
   model, params, _ = ebseg.restore_model(section, stage_dir)
-  return [c for name, classifier in rows
-          for c in ebseg.candidates(model, jax.device_get(params), section, (classifier,), name=name)]
+  params = jax.device_get(params)
+  return [dataclasses.replace(ebseg.candidates(model, params, section, (classifier,))[0], name=name)
+          for name, classifier in rows]
 
 
 @dataclasses.dataclass(frozen=True)
