@@ -18,13 +18,13 @@ BRIGHTNESS_DELTA = 32.0
 CONTRAST_RANGE = (0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18
-_SHIFT = 12  # OpenCV's hsv_shift.
+HSV_SHIFT = 12  # OpenCV's hsv_shift.
 _I = np.arange(1, 256, dtype=np.float64)
 # OpenCV's division tables (index 0 is 0): round(255 * 2^12 / v) and round(180 * 2^12 / (6 diff)).
-_S_DIV = np.concatenate([[0], np.rint((255 << _SHIFT) / _I)]).astype(np.int64)
-_H_DIV = np.concatenate([[0], np.rint((180 << _SHIFT) / (6.0 * _I))]).astype(np.int64)
+S_DIV = np.concatenate([[0], np.rint((255 << HSV_SHIFT) / _I)]).astype(np.int64)
+H_DIV = np.concatenate([[0], np.rint((180 << HSV_SHIFT) / (6.0 * _I))]).astype(np.int64)
 # For each of the six hue sectors, which of (v, p, q, t) is the (b, g, r) channel, as OpenCV's table.
-_SECTORS = np.asarray([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
+SECTORS = np.asarray([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +62,9 @@ def rgb_to_hsv8(rgb: np.ndarray) -> np.ndarray:
   r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
   v = np.maximum(np.maximum(r, g), b)
   diff = v - np.minimum(np.minimum(r, g), b)
-  s = (diff * _S_DIV[v] + (1 << (_SHIFT - 1))) >> _SHIFT
+  s = (diff * S_DIV[v] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT
   h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-  h = (h * _H_DIV[diff] + (1 << (_SHIFT - 1))) >> _SHIFT
+  h = (h * H_DIV[diff] + (1 << (HSV_SHIFT - 1))) >> HSV_SHIFT
   h = np.where(h < 0, h + 180, h)
   return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
@@ -81,7 +81,7 @@ def hsv8_to_rgb(hsv: np.ndarray) -> np.ndarray:
   sector, frac = np.where(outside, 0, sector), np.where(outside, np.float32(0), frac)
   one = np.float32(1.0)
   table = np.stack([v, v * (one - s), v * (one - s * frac), v * (one - s * (one - frac))], axis=-1)
-  bgr = np.take_along_axis(table, _SECTORS[sector], axis=-1)
+  bgr = np.take_along_axis(table, SECTORS[sector], axis=-1)
   bgr = np.where((s == 0)[..., None], v[..., None], bgr)
   return np.clip(np.rint(bgr[..., ::-1] * np.float32(255.0)), 0, 255).astype(np.uint8)
 

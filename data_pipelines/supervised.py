@@ -36,14 +36,38 @@ class Targets:
   photometric: bool = False  # mmseg's photometric distortion on the crops.
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelFiles:
+  """Labels read from DIRECTORY/KEY.png (class ids, 8- or 16-bit) in place of the records' own, e.g. pseudo labels
+  written for a prepared training split. With `min_confidence` > 0, pixels whose KEY_confidence.png value / 255 is
+  below it get `ignore_index`. Examples without a label file are skipped (and counted)."""
+  directory: str
+  sixteen_bit: bool = False
+  min_confidence: float = 0.0
+  ignore_index: int = 255
+
+  def read(self, key: tf.Tensor) -> tf.Tensor:
+    """int32 [H, W] of the example `key`."""
+    path = tf.strings.join([self.directory.rstrip("/"), "/", key])
+    encoded = tf.io.read_file(tf.strings.join([path, ".png"]))
+    label = tf.cast(tf.io.decode_png(encoded, channels=1, dtype=tf.uint16 if self.sixteen_bit else tf.uint8)[..., 0],
+                    tf.int32)
+    if self.min_confidence > 0:
+      confidence = tf.io.decode_png(tf.io.read_file(tf.strings.join([path, "_confidence.png"])), channels=1)[..., 0]
+      label = tf.where(tf.cast(confidence, tf.float32) / 255.0 >= self.min_confidence, label, self.ignore_index)
+    return label
+
+
 class SupervisedPipeline:
   """This host's endless batches {'image' uint8 [b, S, S, 3], 'label' int32 [b, S, S], 'key' bytes [b]} (+
   'segments' int32 [b, S, S], 'target_classes' int32 [b, M], and 'masks' bool [b, M, S, S] as `targets` asks).
-  `label_lookup` (int32 [65536]) maps the stored class ids (and their ignore value) to training ids."""
+  `label_lookup` (int32 [65536]) maps the stored class ids (and their ignore value) to training ids; `label_files`
+  replaces the stored labels by files named after the examples' keys."""
 
   def __init__(self, data_dir: str | epath.PathLike, name: str, split: str, batch_size: int, spec: CropSpec, *,
                seed: int = 0, process_index: int = 0, process_count: int = 1, label_lookup: np.ndarray | None = None,
-               targets: Targets = Targets(), shuffle_buffer: int = 1024, position: dict[str, int] | None = None):
+               targets: Targets = Targets(), shuffle_buffer: int = 1024, position: dict[str, int] | None = None,
+               label_files: LabelFiles | None = None):
     builder = store.open_prepared(data_dir, name)
     if split not in builder.info.splits:
       raise ValueError(f"prepared dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}.")
@@ -56,6 +80,7 @@ class SupervisedPipeline:
                        f"{process_count} hosts.")
     self._features, self._spec, self._targets = builder.info.features, spec, targets
     self._lookup = None if label_lookup is None else tf.constant(label_lookup, tf.int32)
+    self._label_files = label_files
     files = [(f.filename, f.skip, f.take if f.take >= 0 else f.examples_in_shard - f.skip)
              for f in split_info.file_instructions]
     position = position or {"epoch": 0, "offset": 0}
@@ -84,7 +109,8 @@ class SupervisedPipeline:
 
   def _example(self, epoch: tf.Tensor, index: tf.Tensor, record: tf.Tensor) -> dict[str, tf.Tensor]:
     raw = self._features.deserialize_example(record, decoders=store.RAW)
-    image, label = store.decode_image(raw["image"]), store.decode_label(raw["label"])
+    image = store.decode_image(raw["image"])
+    label = store.decode_label(raw["label"]) if self._label_files is None else self._label_files.read(raw["key"])
     tf.debugging.assert_equal(tf.shape(image)[:2], tf.shape(label), message="image and label sizes differ")
     if self._lookup is not None:
       label = tf.gather(self._lookup, label)

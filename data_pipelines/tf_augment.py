@@ -2,16 +2,16 @@
 
 The rules are those of `data_pipelines.segmentation_crops` (mmseg's resize by a scale range or detectron2's
 shortest-edge resize; a crop redrawn up to ten times while one class covers `cat_max_ratio` or more of its
-labelled pixels; a horizontal flip; padding to the crop size with 0 and the ignore label), plus the photometric
-distortion of mmseg's PhotoMetricDistortion / detectron2's ColorAugSSDTransform. Sizes follow the same float64
-arithmetic, labels are resized by PIL's nearest rule (source pixel floor((x + 0.5) * in / out)), images as PIL's
-BILINEAR resizes them (antialiased when shrinking), up to rounding. Randomness is stateless: one [2] seed per
-example.
+labelled pixels; a horizontal flip; padding to the crop size with 0 and the ignore label), plus mmseg's photometric
+distortion (`data_pipelines.tf_photometric`). Sizes follow the same float64 arithmetic, labels are resized by PIL's
+nearest rule (source pixel floor((x + 0.5) * in / out)), images as PIL's BILINEAR resizes them (antialiased when
+shrinking), up to rounding. Randomness is stateless: one [2] seed per example.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
+from data_pipelines import tf_photometric
 from data_pipelines.segmentation_crops import CropSpec
 
 _RESIZE, _FLIP, _CROP, _PHOTOMETRIC = 0, 1, 2, 3  # Independent draws folded into an example's seed.
@@ -108,28 +108,6 @@ def crop_box(label: tf.Tensor, spec: CropSpec, seed: tf.Tensor) -> tuple[tf.Tens
   return y, x, ch, cw
 
 
-def photometric_distortion(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """mmseg's PhotoMetricDistortion: brightness +-32, contrast 0.5-1.5 (before or after the HSV steps),
-  saturation 0.5-1.5, hue +-18 of OpenCV's 180; each applied with probability 1/2, clipped to [0, 255]."""
-  seed = tf.random.experimental.stateless_fold_in(seed, _PHOTOMETRIC)
-  maybe = lambda draw: _uniform(seed, draw) < 0.5
-  clip = lambda x: tf.clip_by_value(x, 0.0, 255.0)
-  x = tf.cast(image, tf.float32)
-  x = tf.where(maybe(0), clip(x + tf.cast(_uniform(seed, 1, -32, 32), tf.float32)), x)
-  contrast_factor = tf.cast(_uniform(seed, 3, 0.5, 1.5), tf.float32)
-  contrast = lambda x: tf.where(maybe(2), clip(x * contrast_factor), x)
-  contrast_first = maybe(4)
-  x = tf.where(contrast_first, contrast(x), x)
-  hsv = tf.image.rgb_to_hsv(x / 255.0)
-  saturation = tf.where(maybe(5), tf.clip_by_value(hsv[..., 1] * tf.cast(_uniform(seed, 6, 0.5, 1.5), tf.float32),
-                                                   0.0, 1.0), hsv[..., 1])
-  hue = tf.where(maybe(7), tf.math.floormod(hsv[..., 0] + tf.cast(_uniform(seed, 8, -18, 18), tf.float32) / 180.0,
-                                            1.0), hsv[..., 0])
-  x = clip(tf.image.hsv_to_rgb(tf.stack([hue, saturation, hsv[..., 2]], -1)) * 255.0)
-  x = tf.where(contrast_first, x, contrast(x))
-  return tf.cast(tf.round(x), tf.uint8)
-
-
 def pad_crop(image: tf.Tensor, label: tf.Tensor, spec: CropSpec) -> tuple[tf.Tensor, tf.Tensor]:
   """Bottom/right padding to the crop size: image 0, label the ignore index."""
   size = spec.crop_size
@@ -149,7 +127,8 @@ def augment(image: tf.Tensor, label: tf.Tensor, spec: CropSpec, seed: tf.Tensor,
   flip = _uniform(seed, _FLIP) < 0.5
   image, label = tf.cond(flip, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
   if photometric:
-    image = photometric_distortion(image, seed)
+    image = tf_photometric.photometric_distortion(image,
+                                                  tf.random.experimental.stateless_fold_in(seed, _PHOTOMETRIC))
   return pad_crop(image, label, spec)
 
 

@@ -91,6 +91,7 @@ def tiny():
   config = ebseg_demo.get_config("tiny")
   config.model.train_sam = False  # The published configs' freezing.
   config.batch_size = 8  # One image per fake device (tests/conftest.py).
+  config.model.decoder.num_layers = 1  # Each decoder layer adds a criterion to compile, and no coverage here.
   return config, setup.build(config, sharding.make_mesh(config.mesh.axes))
 
 

@@ -222,6 +222,7 @@ def tiny(tmp_path_factory):
   config = mask2former_demo.get_config("tiny")
   config.data.demo_root = str(tmp_path_factory.mktemp("demo"))
   config.batch_size = 8  # One image per fake device (tests/conftest.py).
+  config.model.decoder.num_layers = 1  # Each decoder layer adds a criterion to compile, and no coverage here.
   return config, setup.build(config, sharding.make_mesh(config.mesh.axes))
 
 

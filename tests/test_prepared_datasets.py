@@ -141,6 +141,19 @@ def test_prepared_examples_equal_the_directory_readers(prepared, name):
   assert store.metadata(builder)["license"] == semantic.SOURCES[name].license
 
 
+def test_prepared_images_are_shared_out_between_hosts_in_split_order(prepared):
+  _, data_dir = prepared
+  dataset = labelled.load("voc", data_dir, "train")
+  examples = {e.key: e.image for e in dataset}
+  order = list(examples)
+  for limit in (0, 5):
+    shares = [list(dataset.images(limit, host, 2)) for host in range(2)]
+    kept = order[:limit] if limit else order
+    assert [key for key, _ in shares[0]] == kept[0::2] and [key for key, _ in shares[1]] == kept[1::2]
+    for key, image in shares[0] + shares[1]:
+      np.testing.assert_array_equal(image, examples[key])
+
+
 def test_label_conversion_happened_at_preparation(prepared):
   """ADE-150's stored 0 ("other") is read back as the reader's ignore value, Cityscapes' label ids as train ids."""
   roots, data_dir = prepared

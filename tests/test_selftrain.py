@@ -8,9 +8,12 @@ import numpy as np
 import ml_collections
 import pytest
 import safetensors.numpy
+import tensorflow as tf
 from PIL import Image
 
 from configs import selftrain_demo, selftrain_voc
+from data_pipelines import supervised
+from data_pipelines.prepared import store
 from ovseg_jax.methods.selftrain import pseudo_labels as pseudo_label, setup as selftrain_setup
 from ovseg_jax.methods import registry
 from ovseg_jax.methods.selftrain import trainer as selftrain
@@ -57,6 +60,19 @@ def test_labelling_skips_finished_images(tmp_path):
   loaded, labels, conf = pseudo_label.load_pseudo_labelled(tmp_path, images)
   np.testing.assert_array_equal(labels[:, 0, 0], [0, 1, 2, 0, 1])
   np.testing.assert_allclose(conf, 128 / 255)
+
+
+@pytest.mark.parametrize("num_classes", [21, 300])
+def test_label_files_read_pseudo_labels_with_low_confidence_ignored(tmp_path, num_classes):
+  rng = np.random.default_rng(num_classes)
+  label, confidence = rng.integers(0, num_classes, (9, 7)), rng.random((9, 7))
+  pseudo_label.write_label(tmp_path / "k.png", label, num_classes)
+  pseudo_label.write_confidence(tmp_path / "k_confidence.png", confidence)
+  ignore = pseudo_label.ignore_index(num_classes)
+  files = supervised.LabelFiles(str(tmp_path), pseudo_label.label_dtype(num_classes) == np.uint16, 0.4, ignore)
+  expected = np.where(pseudo_label.read_confidence(tmp_path / "k_confidence.png") >= 0.4, label, ignore)
+  np.testing.assert_array_equal(files.read(tf.constant("k")).numpy(), expected)
+  assert 0 < np.mean(expected == ignore) < 1
 
 
 def test_layer_decay_multipliers_follow_beit_layer_ids():
@@ -114,7 +130,9 @@ def teacher(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("teacher")
   config = selftrain_demo.get_config("tiny")
   config.teacher.data.demo_root = str(tmp / "demo")
-  train.train_and_evaluate(config.teacher, tmp / "workdir")
+  training = config.teacher.copy_and_resolve_references()
+  training.eval.datasets = []  # The self-training tests evaluate the teacher where they need it.
+  train.train_and_evaluate(training, tmp / "workdir")
   return config.teacher, tmp / "workdir"
 
 
@@ -176,6 +194,24 @@ def test_dataset_self_training_labels_trains_and_evaluates(tmp_path, teacher):
   assert again["miou"] == pytest.approx(row["miou"])
 
 
+def test_dataset_self_training_from_a_prepared_dataset(tmp_path, teacher):
+  sizes = {"a": (50, 70), "b": (64, 40), "c": (48, 48), "d": (40, 60), "e": (56, 44)}
+  _tiny_voc(tmp_path / "VOC2012", sizes)
+  store.prepare("voc", tmp_path / "VOC2012", tmp_path / "tfds")
+  config = _tiny_dataset_config(teacher[1], tmp_path / "tfds")  # The data dir, not the VOC directory.
+  config.pseudo_labels.min_confidence = 0.2
+  results = selftrain.train_and_evaluate(config, tmp_path / "plus")
+  for key in "abc":
+    label = pseudo_label.read_label(tmp_path / "plus" / "pseudo_labels" / f"{key}.png")
+    assert label.shape == sizes[key] and label.min() >= 0 and label.max() < 21
+  assert not (tmp_path / "plus" / "pseudo_labels" / "d.png").exists()
+  [row] = results
+  assert row["dataset"] == "voc" and row["num_images"] == 2 and row["step"] == 3
+  # The crops came through the tf.data pipeline: its counts are in the metrics, every example had a label.
+  last = json.loads((tmp_path / "plus" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["data/examples"] == 3 * config.batch_size and last["data/skipped"] == 0
+
+
 def test_dataset_configs_without_root_teacher_or_clip_are_refused_by_name(tmp_path, teacher):
   config = _tiny_dataset_config(teacher[1], tmp_path)
   config.data.root = ""
@@ -199,16 +235,17 @@ def test_backbone_initialised_from_a_vit_checkpoint(tmp_path):
   config.init.vit_checkpoint = str(path)
   backbone, what = selftrain.initial_backbone(config)
   assert str(path) in what
-  model = selftrain_setup.build_upernet(config.model, 5)
-  params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, jnp.zeros((1, 32, 32, 3)))["params"]
-  copied = selftrain.initialise_backbone(params, backbone, what)["backbone"]
+  def shapes(model):  # What the overlay checks against: no parameters need to be computed.
+    return jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                                             jnp.zeros((1, 32, 32, 3))))["params"]
+  copied = selftrain.initialise_backbone(shapes(selftrain_setup.build_upernet(config.model, 5)), backbone,
+                                         what)["backbone"]
   np.testing.assert_array_equal(copied["block_3"]["attn"]["query"]["kernel"],
                                 backbone["block_3"]["attn"]["query"]["kernel"])
   assert copied["pos_embedding"].shape == (1, 8, 8, 32)  # The stored 4 x 4 grid resized to 32 / 4.
   np.testing.assert_allclose(np.asarray(copied["pos_embedding"]).mean(axis=(1, 2)),
                              backbone["pos_embedding"].mean(axis=(1, 2)), atol=0.05)
   config.model.backbone.width = 64
-  wrong = selftrain_setup.build_upernet(config.model, 5).init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                                                       jnp.zeros((1, 32, 32, 3)))["params"]
+  wrong = shapes(selftrain_setup.build_upernet(config.model, 5))
   with pytest.raises(checkpoint.CheckpointMismatchError, match="expects"):
     selftrain.initialise_backbone(wrong, backbone, what)

@@ -110,3 +110,13 @@ class PreparedDataset:
     for record in self._builder.as_dataset(split=self._split, decoders=RAW, shuffle_files=False):
       yield Example(record["key"].numpy().decode(), decode_image(record["image"]).numpy(),
                     decode_label(record["label"]).numpy().astype(np.int32))
+
+  def images(self, limit: int = 0, process_index: int = 0,
+             process_count: int = 1) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, uint8 image) of every `process_count`-th of the split's first `limit` examples (all when 0), starting
+    at `process_index`, in the split's order; labels are not decoded."""
+    records = self._builder.as_dataset(split=self._split, decoders=RAW, shuffle_files=False)
+    if limit > 0:
+      records = records.take(limit)
+    for record in records.shard(process_count, process_index):
+      yield record["key"].numpy().decode(), decode_image(record["image"]).numpy()

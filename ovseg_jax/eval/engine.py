@@ -180,6 +180,9 @@ def evaluate_run(config: ml_collections.ConfigDict, candidates: list[Candidate],
                  step: int) -> list[dict[str, Any]]:
   """A training run's own evaluation: the eval suite of `config.eval` (the demo's splits need no root); skipped,
   with the command that runs it later, while a dataset has no root."""
+  if not config.eval.datasets:
+    progress.log("evaluation: config.eval.datasets is empty, nothing to evaluate.")
+    return []
   roots = training_data_roots(config)
   if not all(entry.root or entry.name in roots for entry in config.eval.datasets):
     progress.log("evaluation: set the dataset roots in config.eval.datasets (--config.eval.datasets.0.root=...), or "

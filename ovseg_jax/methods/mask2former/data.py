@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from data_pipelines import coco_panoptic, demo_data, labelled, segmentation_crops, supervised
 from data_pipelines.prepared import store
 from data_pipelines.segmentation_crops import CropSpec
-from ovseg_jax.train import fit, progress
+from ovseg_jax.train import fit, pipeline_data
 
 # Above every class index (ADE-847 has 847), the uint16 labels' ignore value and coco_panoptic's.
 IGNORE = coco_panoptic.IGNORE
@@ -149,25 +149,6 @@ def host_batches(config: ml_collections.ConfigDict, start_step: int) -> Iterator
     yield {"image": batch["image"], "segments": np.stack(segments), "target_classes": np.stack(classes)}
 
 
-def _host_position(data_position: dict[str, Any] | None) -> dict[str, int] | None:
-  """This host's read position from a checkpoint's (every host's); the earliest epoch's start if the hosts differ."""
-  hosts = (data_position or {}).get("supervised_positions")
-  if not hosts:
-    return None
-  if len(hosts) != jax.process_count():
-    progress.log(f"the checkpoint's read positions are for {len(hosts)} hosts, this run has {jax.process_count()}: "
-                 "the split is divided anew and reading restarts at the start of the earliest saved epoch.")
-    return {"epoch": min(epoch for epoch, _ in hosts), "offset": 0}
-  epoch, offset = hosts[jax.process_index()]
-  return {"epoch": epoch, "offset": offset}
-
-
-def _all_positions(pipeline: supervised.SupervisedPipeline) -> dict[str, Any]:
-  local = np.asarray([[pipeline.position()["epoch"], pipeline.position()["offset"]]], np.int64)
-  gathered = local if jax.process_count() == 1 else multihost_utils.process_allgather(local)
-  return {"supervised_positions": np.asarray(gathered).reshape(-1, 2).tolist()}
-
-
 def prepared_data_dir(config: ml_collections.ConfigDict, workdir: epath.Path) -> str:
   """`data.tfds_dir`, or WORKDIR/data with the demo's labelled training scenes prepared there on first use."""
   d = config.data
@@ -193,14 +174,11 @@ def host_data(config: ml_collections.ConfigDict, workdir: epath.Path, data_posit
       data_dir, d.tfds_name, d.split, config.batch_size // jax.process_count(), crop_spec(config), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), label_lookup=label_lookup(config),
       targets=supervised.Targets(max_targets=d.max_targets, photometric=bool(d.get("color_aug", False))),
-      shuffle_buffer=d.shuffle_buffer, position=_host_position(data_position))
+      shuffle_buffer=d.shuffle_buffer, position=pipeline_data.host_position(data_position))
   if tuple(pipeline.info.class_names) != tuple(d.class_names):
     raise ValueError(f"data.class_names ({len(d.class_names)}) differ from the prepared {d.tfds_name}'s "
                      f"{pipeline.info.num_classes} classes in {data_dir}: take them from the dataset's reader.")
   if d.source == "demo" and pipeline.split_size != d.num_labelled:
     raise ValueError(f"the demo prepared in {data_dir} has {pipeline.split_size} scenes, data.num_labelled is "
                      f"{d.num_labelled}: delete {data_dir} to prepare it again.")
-  keys = ("image", "segments", "target_classes")
-  return fit.HostData(({k: batch[k] for k in keys} for batch in pipeline),
-                      lambda: {f"data/{k}": v for k, v in pipeline.counts().items()},
-                      lambda: _all_positions(pipeline))
+  return pipeline_data.host_data(pipeline, ("image", "segments", "target_classes"))

@@ -13,9 +13,9 @@ from PIL import Image
 
 from data_pipelines import demo_data, eval_datasets, shards
 from ovseg_jax.eval import engine
-from ovseg_jax.methods.selftrain import pseudo_labels
+from ovseg_jax.methods.selftrain import pseudo_labels, setup
 from ovseg_jax.methods.sseg import trainer as sseg
-from ovseg_jax.train import workdir as workdirs
+from ovseg_jax.train import fit, workdir as workdirs
 
 
 def demo_train_images(teacher_config: ml_collections.ConfigDict, limit: int) -> list[tuple[str, np.ndarray]]:
@@ -67,3 +67,7 @@ class DemoSource:
         output, demo_train_images(self.teacher_config, self.config.pseudo_labels.num_images))
     labels = np.where(confidence >= self.config.pseudo_labels.min_confidence, labels, pseudo_labels.IGNORE_INDEX)
     return len(images), lambda i: (images[i], labels[i])
+
+  def host_data(self, output: Path, data_position: dict[str, Any] | None, start_step: int) -> fit.HostData:
+    del data_position  # The crops are keyed by step.
+    return setup.crop_host_data(self.config, *self.training_samples(output), self.num_classes, start_step)

@@ -7,14 +7,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from data_pipelines import demo_data, labelled
+from data_pipelines import demo_data, labelled, segmentation_crops
 from data_pipelines.segmentation_crops import CropSpec
 from ovseg_jax.methods.selftrain import pseudo_labels
 from ovseg_jax.models.upernet import UperNetViT
 from ovseg_jax.ops.normalize import normalize_images
-from ovseg_jax.train import optim
+from ovseg_jax.train import fit, optim
 from ovseg_jax.train.state import abstract_state, create_sharded_state
 from ovseg_jax.train.step import Trainable, make_step
 
@@ -65,6 +66,15 @@ def crop_spec(config: ml_collections.ConfigDict, classes: int) -> CropSpec:
   d = config.data
   return CropSpec(d.crop_size, tuple(d.scale), tuple(d.ratio_range), d.cat_max_ratio,
                   pseudo_labels.ignore_index(classes))
+
+
+def crop_host_data(config: ml_collections.ConfigDict, num_samples: int, read_sample: Any, classes: int,
+                   start_step: int) -> fit.HostData:
+  """Random crops of `read_sample(i) -> (image, label)` for i < num_samples, keyed by (seed, host, step)."""
+  host_seed = int(np.random.SeedSequence([config.seed, jax.process_index()]).generate_state(1)[0])
+  return fit.HostData(segmentation_crops.crop_batches(
+      num_samples, read_sample, config.batch_size // jax.process_count(), host_seed, start_step,
+      crop_spec(config, classes), workers=config.data.workers))
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: bool = False,

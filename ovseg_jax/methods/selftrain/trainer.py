@@ -22,10 +22,8 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
-from data_pipelines import segmentation_crops
 from ovseg_jax.eval import engine
 from ovseg_jax.eval.windows import WindowPredictor
 from ovseg_jax.methods.selftrain import setup
@@ -47,7 +45,8 @@ class Source(Protocol):
   def pseudo_label(self, output: Path) -> dict[str, Any]:
     ...
 
-  def training_samples(self, output: Path) -> tuple[int, Any]:
+  def host_data(self, output: Path, data_position: dict[str, Any] | None, start_step: int) -> fit.HostData:
+    """The second stage's batches of crops of the images labelled under `output`."""
     ...
 
   def eval_roots(self) -> dict[str, str]:
@@ -93,12 +92,8 @@ def train_stage(config: ml_collections.ConfigDict, workdir: Path, source: Source
     return jax.device_put(state.replace(params=initialise_backbone(state.params, backbone, what)),
                           trainable.state_shardings)
 
-  def host_data(_, start_step):
-    num_samples, read_sample = source.training_samples(workdir / "pseudo_labels")
-    host_seed = int(np.random.SeedSequence([config.seed, jax.process_index()]).generate_state(1)[0])
-    return fit.HostData(segmentation_crops.crop_batches(
-        num_samples, read_sample, config.batch_size // jax.process_count(), host_seed, start_step,
-        setup.crop_spec(config, source.num_classes), workers=config.data.workers))
+  def host_data(data_position, start_step):
+    return source.host_data(workdir / "pseudo_labels", data_position, start_step)
 
   state = fit.fit(config, workdir, mesh, trainable, host_data, initialise)
   return trainable.model, state.params, int(state.step)
