@@ -81,9 +81,10 @@ def test_mask_pooled_features_average_pixel_embeddings_under_each_mask(tiny):
   """Each mask's feature is the sigmoid-mask-weighted mean of the pixel embeddings; the image embedding is
   the area-weighted mean of the mask embeddings (project_then_mean), checked in float64 numpy."""
   model = tiny["model"].clone(mask_feature_source="mask_pooled", pool_order="project_then_mean")
-  params = model.init(jax.random.key(3), tiny["images"], tiny["tokens"], train=False)
+  params = jax.jit(lambda k: model.init(k, tiny["images"], tiny["tokens"], train=False))(jax.random.key(3))
   out = jax.jit(lambda p: model.apply(p, tiny["images"], method="encode_image"))(params)
-  pixels, _ = model.apply(params, tiny["images"], method=lambda m, x: m.pixel_decoder(m.backbone(x)))
+  pixels, _ = jax.jit(lambda p: model.apply(p, tiny["images"], method=lambda m, x: m.pixel_decoder(m.backbone(x))))(
+      params)
   prob = 1 / (1 + np.exp(-np.asarray(out["pred_masks"][-1], np.float64)))
   area = prob.sum((-2, -1))
   pooled = np.einsum("bnhw,bhwc->bnc", prob, np.asarray(pixels, np.float64)) / (area[..., None] + 1e-6)

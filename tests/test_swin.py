@@ -113,21 +113,22 @@ def test_parameter_counts_equal_timm(variant):
 def test_any_input_size_and_drop_path_only_in_training():
   model = swin.Swin(8, (2, 2), (1, 2), drop_path_rate=0.5)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 50, 38, 3)), jnp.float32)
-  params = model.init(jax.random.key(0), x)
-  out = model.apply(params, x)
+  params = jax.jit(model.init)(jax.random.key(0), x)
+  apply = jax.jit(model.apply, static_argnames="train")
+  out = apply(params, x)
   assert out[4].shape == (2, 13, 10, 8) and out[8].shape == (2, 7, 5, 16)
-  again = model.apply(params, x)
+  again = apply(params, x)
   np.testing.assert_array_equal(out[8], again[8])
-  trained = model.apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
+  trained = apply(params, x, train=True, rngs={"dropout": jax.random.key(3)})
   assert not np.allclose(trained[8], out[8])
 
 
 def test_bfloat16_compute_is_close_to_float32_with_float32_params():
   model = swin.Swin(8, (2, 2), (1, 2))
   x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 56, 56, 3)), jnp.float32)
-  params = model.init(jax.random.key(0), x)
+  params = jax.jit(model.init)(jax.random.key(0), x)
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
-  full = model.apply(params, x)[8]
-  half = swin.Swin(8, (2, 2), (1, 2), dtype=jnp.bfloat16).apply(params, x)[8]
+  full = jax.jit(model.apply)(params, x)[8]
+  half = jax.jit(swin.Swin(8, (2, 2), (1, 2), dtype=jnp.bfloat16).apply)(params, x)[8]
   assert half.dtype == jnp.bfloat16
   assert float(jnp.max(jnp.abs(half.astype(jnp.float32) - full)) / jnp.max(jnp.abs(full))) < 5e-2
