@@ -6,7 +6,9 @@ Many tests compile the same tiny train steps and evaluation programs, in this pr
 compilation cache lets each distinct program compile once. Its key covers the program, the XLA flags, the
 devices and the jax version, so a cached program is the program a fresh compile would give.
 """
+import fcntl
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -20,12 +22,24 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 
 
 @pytest.fixture(scope="session")
-def demo_workdir(tmp_path_factory):
-  """A 6-step S-Seg run of `configs/sseg_demo.py:tiny` with its demo data (checkpoint, config.json, results)."""
+def demo_workdir(tmp_path_factory, request):
+  """A 6-step S-Seg run of `configs/sseg_demo.py:tiny` with its demo data (checkpoint, config.json, results).
+
+  Read-only for the tests. Under pytest-xdist the workers share one run: the first to need it trains it under a
+  file lock in the session's common temporary directory, the others wait and reuse it."""
   from configs import sseg_demo
   from ovseg_jax.methods.sseg import trainer
-  root = tmp_path_factory.mktemp("sseg_demo")
-  config = sseg_demo.get_config("tiny")
-  config.data.demo_root = str(root / "demo")
-  trainer.train_and_evaluate(config, root / "run")
-  return root / "run"
+  if hasattr(request.config, "workerinput"):  # An xdist worker: its base temp dir is one of the session's.
+    root = tmp_path_factory.getbasetemp().parent / "sseg_demo"
+  else:
+    root = tmp_path_factory.mktemp("sseg_demo")
+  run = root / "run"
+  root.mkdir(exist_ok=True)
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (run / "results.json").exists():
+      shutil.rmtree(run, ignore_errors=True)  # A worker that failed half way leaves nothing to reuse.
+      config = sseg_demo.get_config("tiny")
+      config.data.demo_root = str(root / "demo")
+      trainer.train_and_evaluate(config, run)
+  return run
