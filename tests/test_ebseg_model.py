@@ -152,3 +152,24 @@ def test_adaptive_max_pool_is_pytorchs(size, out):
       c0, c1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
       expected[..., i, j] = x[..., r0:r1, c0:c1].max((-2, -1))
   np.testing.assert_array_equal(clip_surgery.adaptive_max_pool(jnp.asarray(x), out), expected)
+
+
+@pytest.mark.parametrize("size,out", [((7, 10), (3, 4)), ((8, 8), (4, 4))])
+def test_adaptive_max_pool_routes_each_windows_gradient_to_its_maximum(size, out):
+  """As PyTorch's max pooling backward: one element per window (overlapping windows add up), ties included."""
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 3, *size)).astype(np.float32)
+  g = rng.normal(size=(2, 3, *out)).astype(np.float32)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(clip_surgery.adaptive_max_pool(v, out) * g)))
+  expected = np.zeros_like(x, np.float64)
+  for i in range(out[0]):
+    for j in range(out[1]):
+      r0, r1 = (i * size[0]) // out[0], -(-((i + 1) * size[0]) // out[0])
+      c0, c1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
+      for b, c in np.ndindex(2, 3):
+        r, k = np.unravel_index(np.argmax(x[b, c, r0:r1, c0:c1]), (r1 - r0, c1 - c0))
+        expected[b, c, r0 + r, c0 + k] += g[b, c, i, j]
+  np.testing.assert_allclose(grad(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-6)
+  tied = np.asarray(grad(jnp.zeros_like(x)))  # Every element is a maximum: still one per window, never NaN.
+  assert np.all(np.isfinite(tied)) and np.count_nonzero(tied) <= np.prod(out) * 6
+  np.testing.assert_allclose(tied.sum((-2, -1)), g.sum((-2, -1)), rtol=1e-5)

@@ -58,10 +58,18 @@ def _pool_windows(size: int, out: int) -> list[tuple[int, int]]:
   return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
 
 
+def _window_max(x: jax.Array, axis: int) -> jax.Array:
+  """The maximum along `axis` taken at its argmax, so the gradient reaches that one element as PyTorch's max pooling
+  routes it. (`jnp.max`'s gradient divides by the count of elements equal to the maximum: when XLA recomputes `x`
+  in two fusions that round differently, the count can be 0 and the gradient NaN.)"""
+  index = jnp.expand_dims(jnp.argmax(x, axis=axis), axis)
+  return jnp.squeeze(jnp.take_along_axis(x, index, axis=axis), axis)
+
+
 def adaptive_max_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
   """`F.adaptive_max_pool2d` over the last two axes of `x`."""
-  rows = jnp.stack([jnp.max(x[..., a:b, :], axis=-2) for a, b in _pool_windows(x.shape[-2], out_hw[0])], axis=-2)
-  return jnp.stack([jnp.max(rows[..., a:b], axis=-1) for a, b in _pool_windows(x.shape[-1], out_hw[1])], axis=-1)
+  rows = jnp.stack([_window_max(x[..., a:b, :], -2) for a, b in _pool_windows(x.shape[-2], out_hw[0])], axis=-2)
+  return jnp.stack([_window_max(rows[..., a:b], -1) for a, b in _pool_windows(x.shape[-1], out_hw[1])], axis=-1)
 
 
 def recognition_bias(biases: jax.Array) -> jax.Array:
