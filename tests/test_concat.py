@@ -46,9 +46,9 @@ def test_generator_equals_float64_transcription():
   gen = heads.Generator(query_dim=6, hidden_dims=(16, 16, 16, 16), latent_dim=4)
   queries, text = RNG.normal(size=(10, 6)), RNG.normal(size=(10, 5))
   key = jax.random.key(3)
-  params = gen.init({"params": jax.random.key(0)}, *_f32(queries, text), key)["params"]
+  params = jax.jit(gen.init)({"params": jax.random.key(0)}, *_f32(queries, text), key)["params"]
   assert len([k for k in params["encoder"] if k.startswith("fc")]) == 4
-  out = gen.apply({"params": params}, *_f32(queries, text), key)
+  out = jax.jit(gen.apply)({"params": params}, *_f32(queries, text), key)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   noise_key, prior_key = jax.random.split(key)
   eps = np.asarray(jax.random.normal(noise_key, (10, 4)), np.float64)
@@ -114,13 +114,13 @@ def test_pseudo_queries_are_decoded_inside_the_context_batch():
   """Each class's pseudo queries come from one decoder batch [its rows; the context rows] (BatchNorm over that
   whole batch), against a float64 transcription."""
   gen = heads.Generator(query_dim=6, hidden_dims=(16, 16, 16, 16), latent_dim=4)
-  params = gen.init({"params": jax.random.key(0)}, *_f32(RNG.normal(size=(4, 6)), RNG.normal(size=(4, 5))),
-                    jax.random.key(1))["params"]
+  params = jax.jit(gen.init)({"params": jax.random.key(0)}, *_f32(RNG.normal(size=(4, 6)), RNG.normal(size=(4, 5))),
+                             jax.random.key(1))["params"]
   text, context = RNG.normal(size=(3, 5)), RNG.normal(size=(7, 5))
   models = setup.Models(mask2former=None, projector=None, generator=gen)
   key = jax.random.key(2)
-  got = np.asarray(stages.generate_in_context(models, {"generator": params}, *_f32(text), 2,
-                                              jnp.asarray(context, jnp.float32), key))
+  generate = jax.jit(lambda p, t, c, k: stages.generate_in_context(models, p, t, 2, c, k))
+  got = np.asarray(generate({"generator": params}, *_f32(text), jnp.asarray(context, jnp.float32), key))
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   want = []
   for u, class_key in enumerate(jax.random.split(key, 3)):
