@@ -82,14 +82,16 @@ def test_every_prediction_is_classified_by_the_plugged_classifier():
   text = jnp.asarray(np.random.default_rng(2).normal(size=(3, 6)), jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), images, class_embeddings=text)["params"]
   assert "class_embed" not in params["decoder"] and "projection" in params["classifier"]
-  apply = jax.jit(model.apply)
-  out = apply({"params": params}, images, class_embeddings=text)
-  classify = jax.jit(TextClassifier(embed_dim=6).apply)
-  for prediction in [out, *out["aux_outputs"]]:
-    expected = classify({"params": params["classifier"]}, prediction["query_embeddings"], text)
-    np.testing.assert_allclose(prediction["pred_logits"], expected, atol=1e-6)
+
+  def predictions(params):
+    out = model.apply({"params": params}, images, class_embeddings=text)
+    expected = [TextClassifier(embed_dim=6).apply({"params": params["classifier"]}, p["query_embeddings"], text)
+                for p in [out, *out["aux_outputs"]]]
+    return out, expected, model.apply({"params": params}, images, class_embeddings=jnp.concatenate([text, text[:2]]))
+  out, expected, wider = jax.jit(predictions)(params)
+  for prediction, logits in zip([out, *out["aux_outputs"]], expected, strict=True):
+    np.testing.assert_allclose(prediction["pred_logits"], logits, atol=1e-6)
   # Any vocabulary: five classes give five columns plus "no object", the masks unchanged.
-  wider = apply({"params": params}, images, class_embeddings=jnp.concatenate([text, text[:2]]))
   assert wider["pred_logits"].shape == (1, 4, 6)
   np.testing.assert_array_equal(wider["pred_masks"], out["pred_masks"])
   with pytest.raises(ValueError, match=r"both a K\+1 class head .* and a classifier"):
