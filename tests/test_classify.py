@@ -30,7 +30,7 @@ def test_masked_crop_equals_pil_resize_of_the_masked_box(box, size):
 
 def test_binary_masks_threshold_upsampled_probabilities():
   logits = jnp.asarray([[[-2.0, 3.0], [0.5, -0.1]]])
-  out = np.asarray(classify.binary_masks(logits, (2, 2), 0.5))
+  out = np.asarray(jax.jit(classify.binary_masks, static_argnums=(1, 2))(logits, (2, 2), 0.5))
   np.testing.assert_array_equal(out, [[[False, True], [True, False]]])
 
 
@@ -39,8 +39,8 @@ def test_class_probs_is_softmax_of_scaled_cosine():
   emb, text = rng.normal(size=(3, 4, 8)), rng.normal(size=(5, 8))
   cos = (emb / np.linalg.norm(emb, axis=-1, keepdims=True)) @ (text / np.linalg.norm(text, axis=-1, keepdims=True)).T
   e = np.exp(100 * cos - (100 * cos).max(-1, keepdims=True))
-  np.testing.assert_allclose(classify.class_probs(jnp.asarray(emb, jnp.float32), jnp.asarray(text, jnp.float32)),
-                             e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  probs = jax.jit(classify.class_probs)(jnp.asarray(emb, jnp.float32), jnp.asarray(text, jnp.float32))
+  np.testing.assert_allclose(probs, e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,8 @@ def test_unknown_classifier_is_named():
 def test_fixed_no_object_class_takes_mass_from_unlike_masks():
   text = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
   like, unlike = jnp.asarray([0.9, 0.1]), jnp.asarray([-1.0, -0.2])
-  plain = classify.class_probs(jnp.stack([like, unlike]), text)
-  with_void = classify.class_probs(jnp.stack([like, unlike]), text, no_object_logit=20.0)
+  both = lambda x: (classify.class_probs(x, text), classify.class_probs(x, text, no_object_logit=20.0))
+  plain, with_void = jax.jit(both)(jnp.stack([like, unlike]))
   logits = 100 * np.stack([np.asarray(v) / np.linalg.norm(v) for v in (like, unlike)]) @ np.eye(2)
   full = np.exp(np.concatenate([logits, np.full((2, 1), 20.0)], 1) - 100)
   np.testing.assert_allclose(with_void, (full / full.sum(1, keepdims=True))[:, :2], rtol=1e-4, atol=1e-12)
