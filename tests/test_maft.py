@@ -135,8 +135,8 @@ def test_mask_aware_loss_equals_float64_numpy():
   segments = rng.integers(-1, m, size=(b, s, s))
   classes = np.array([[2, 0, 3], [1, -1, -1]])
   segments[1][segments[1] > 0] = -1  # Image 1 has one target.
-  loss, _ = objective.mask_aware_loss(*(jnp.asarray(a, jnp.float32) for a in (probs, proposals)),
-                                      jnp.asarray(segments), jnp.asarray(classes))
+  loss, _ = jax.jit(objective.mask_aware_loss)(*(jnp.asarray(a, jnp.float32) for a in (probs, proposals)),
+                                               jnp.asarray(segments), jnp.asarray(classes))
   terms = []
   for i in range(b):
     for t in range(m):
@@ -163,13 +163,16 @@ def test_logits_and_distillation_equal_float64_numpy():
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  ours = [objective.class_probs(objective.class_logits(f32(x), f32(text), f32(no_object))) for x in (student, teacher)]
-  logits = objective.class_logits(f32(student), f32(text), f32(no_object))
+
+  def computed(student, teacher, text, no_object):
+    both = [objective.class_probs(objective.class_logits(x, text, no_object)) for x in (student, teacher)]
+    return objective.class_logits(student, text, no_object), both, objective.distillation_loss(*both)
+  logits, ours, distillation = jax.jit(computed)(*(f32(a) for a in (student, teacher, text, no_object)))
   assert logits.shape == (2, 3, 6)
   np.testing.assert_allclose(logits[..., -1], 100 * (student / np.linalg.norm(student, axis=-1, keepdims=True))
                              @ (no_object / np.linalg.norm(no_object)), rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(ours[0], probs(student), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(objective.distillation_loss(*ours), np.mean(_smooth_l1(probs(student), probs(teacher))),
+  np.testing.assert_allclose(distillation, np.mean(_smooth_l1(probs(student), probs(teacher))),
                              rtol=1e-4, atol=1e-7)
 
 
