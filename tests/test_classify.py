@@ -30,7 +30,7 @@ def test_masked_crop_equals_pil_resize_of_the_masked_box(box, size):
 
 def test_binary_masks_threshold_upsampled_probabilities():
   logits = jnp.asarray([[[-2.0, 3.0], [0.5, -0.1]]])
-  out = np.asarray(classify.binary_masks(logits, (2, 2), 0.5))
+  out = np.asarray(jax.jit(classify.binary_masks, static_argnums=(1, 2))(logits, (2, 2), 0.5))
   np.testing.assert_array_equal(out, [[[False, True], [True, False]]])
 
 
@@ -39,8 +39,8 @@ def test_class_probs_is_softmax_of_scaled_cosine():
   emb, text = rng.normal(size=(3, 4, 8)), rng.normal(size=(5, 8))
   cos = (emb / np.linalg.norm(emb, axis=-1, keepdims=True)) @ (text / np.linalg.norm(text, axis=-1, keepdims=True)).T
   e = np.exp(100 * cos - (100 * cos).max(-1, keepdims=True))
-  np.testing.assert_allclose(classify.class_probs(jnp.asarray(emb, jnp.float32), jnp.asarray(text, jnp.float32)),
-                             e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  probs = jax.jit(classify.class_probs)(jnp.asarray(emb, jnp.float32), jnp.asarray(text, jnp.float32))
+  np.testing.assert_allclose(probs, e / e.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def small_clip():
   arch = ClipArchitecture(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1,
                           vision_heads=2, context_length=8, vocab_size=50, text_width=32, text_layers=1, text_heads=2)
   module = CLIP(arch)
-  params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
   return module, params
 
 
@@ -63,14 +63,14 @@ def test_batched_masked_crops_are_classified_like_crops_encoded_one_by_one(small
   batched = jax.jit(lambda p, x, m: classify.crop_class_probs(module, p, x, m, text, crop_size=16,
                                                              crops_per_call=4))(params, images, mask_logits)
   masks = classify.binary_masks(mask_logits, (24, 20), 0.5)
+  one_by_one = jax.jit(lambda p, image, mask: classify.class_probs(
+      module.apply({"params": p}, classify.masked_crop(image, mask, 16)[None], method="encode_image")[0], text))
   for b in range(2):
     for n in range(3):
       if not np.any(masks[b, n]):
         np.testing.assert_allclose(batched[b, n], 0.25)
         continue
-      crop = classify.masked_crop(images[b], masks[b, n], 16)
-      one = module.apply({"params": params}, crop[None], method="encode_image")[0]
-      np.testing.assert_allclose(batched[b, n], classify.class_probs(one, text), rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(batched[b, n], one_by_one(params, images[b], masks[b, n]), rtol=1e-4, atol=1e-6)
 
 
 def test_dense_classification_pools_patch_features_under_each_mask(small_clip):
@@ -79,8 +79,9 @@ def test_dense_classification_pools_patch_features_under_each_mask(small_clip):
   images = jnp.asarray(rng.normal(size=(1, 32, 32, 3)), jnp.float32)
   mask_logits = jnp.asarray(rng.normal(size=(1, 2, 4, 4)), jnp.float32)
   text = jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)
-  probs = jax.jit(lambda p: classify.dense_class_probs(module, p, images, mask_logits, text))(params)
-  dense = np.asarray(module.apply({"params": params}, images, method="encode_dense"), np.float64)[0]  # [4, 4, D]
+  probs, dense = jax.jit(lambda p: (classify.dense_class_probs(module, p, images, mask_logits, text),
+                                     module.apply({"params": p}, images, method="encode_dense")))(params)
+  dense = np.asarray(dense, np.float64)[0]  # [4, 4, D]
   weights = 1 / (1 + np.exp(-np.asarray(mask_logits, np.float64)[0]))  # The patch grid is the mask grid here.
   pooled = np.einsum("nhw,hwd->nd", weights, dense) / weights.sum(axis=(1, 2))[:, None]
   np.testing.assert_allclose(probs[0], classify.class_probs(jnp.asarray(pooled, jnp.float32), text), rtol=1e-4,
@@ -95,8 +96,8 @@ def test_unknown_classifier_is_named():
 def test_fixed_no_object_class_takes_mass_from_unlike_masks():
   text = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
   like, unlike = jnp.asarray([0.9, 0.1]), jnp.asarray([-1.0, -0.2])
-  plain = classify.class_probs(jnp.stack([like, unlike]), text)
-  with_void = classify.class_probs(jnp.stack([like, unlike]), text, no_object_logit=20.0)
+  both = lambda x: (classify.class_probs(x, text), classify.class_probs(x, text, no_object_logit=20.0))
+  plain, with_void = jax.jit(both)(jnp.stack([like, unlike]))
   logits = 100 * np.stack([np.asarray(v) / np.linalg.norm(v) for v in (like, unlike)]) @ np.eye(2)
   full = np.exp(np.concatenate([logits, np.full((2, 1), 20.0)], 1) - 100)
   np.testing.assert_allclose(with_void, (full / full.sum(1, keepdims=True))[:, :2], rtol=1e-4, atol=1e-12)

@@ -1,4 +1,6 @@
 """CONCAT: the projector's text logits, the VAE generator and every loss against float64 numpy transcriptions."""
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ def _f32(*arrays):
 
 def test_text_logits_are_cosines_over_tau_with_no_object_last():
   emb, text, no_object = RNG.normal(size=(2, 3, 8)), RNG.normal(size=(5, 8)), RNG.normal(size=8)
-  got = heads.text_class_logits(*_f32(emb, text, no_object), tau=0.07)
+  got = jax.jit(partial(heads.text_class_logits, tau=0.07))(*_f32(emb, text, no_object))
   want = np.einsum("bqc,kc->bqk", _norm(emb), _norm(np.concatenate([text, no_object[None]]))) / 0.07
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
 
@@ -46,9 +48,9 @@ def test_generator_equals_float64_transcription():
   gen = heads.Generator(query_dim=6, hidden_dims=(16, 16, 16, 16), latent_dim=4)
   queries, text = RNG.normal(size=(10, 6)), RNG.normal(size=(10, 5))
   key = jax.random.key(3)
-  params = gen.init({"params": jax.random.key(0)}, *_f32(queries, text), key)["params"]
+  params = jax.jit(gen.init)({"params": jax.random.key(0)}, *_f32(queries, text), key)["params"]
   assert len([k for k in params["encoder"] if k.startswith("fc")]) == 4
-  out = gen.apply({"params": params}, *_f32(queries, text), key)
+  out = jax.jit(gen.apply)({"params": params}, *_f32(queries, text), key)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   noise_key, prior_key = jax.random.split(key)
   eps = np.asarray(jax.random.normal(noise_key, (10, 4)), np.float64)
@@ -68,9 +70,9 @@ def test_con_loss_equals_float64_infonce():
   projected, complete, masked = RNG.normal(size=(n, c)), RNG.normal(size=(n, c)), RNG.normal(size=(n, c))
   bank, bank_valid = RNG.normal(size=(n, b, c)), RNG.random((n, b)) < 0.7
   valid = np.array([1, 1, 0, 1, 1, 1], bool)
-  targets = losses.enhanced_targets(*_f32(complete, masked), gamma=2.0)
+  targets = jax.jit(partial(losses.enhanced_targets, gamma=2.0))(*_f32(complete, masked))
   np.testing.assert_allclose(np.asarray(targets), _norm(complete + 2 * masked), rtol=1e-5, atol=1e-6)
-  got = losses.con_loss(*_f32(projected, targets, bank), jnp.asarray(bank_valid), jnp.asarray(valid), tau=0.07)
+  got = jax.jit(partial(losses.con_loss, tau=0.07))(*_f32(projected, targets, bank), bank_valid, valid)
   p = _norm(projected)
   pos = np.sum(p * _norm(complete + 2 * masked), -1) / 0.07
   neg = np.where(bank_valid, np.einsum("nc,nbc->nb", p, _norm(bank)) / 0.07, -np.inf)
@@ -84,8 +86,8 @@ def test_embedding_contrast_equals_float64_reference():
   classes = np.array([0, 1, 1, 2, 0, 3, 2])
   valid = np.array([1, 1, 1, 1, 0, 1, 1], bool)
   empty_valid = np.array([1, 0, 1, 1], bool)
-  got = losses.embedding_contrast(*_f32(generated, real), jnp.asarray(classes), jnp.asarray(empty, jnp.float32),
-                                  jnp.asarray(empty_valid), jnp.asarray(valid), tau_r=0.07)
+  got = jax.jit(partial(losses.embedding_contrast, tau_r=0.07))(*_f32(generated, real), classes, *_f32(empty),
+                                                                empty_valid, valid)
   g = _norm(generated)
   rows = []
   for i in np.nonzero(valid)[0]:
@@ -99,12 +101,12 @@ def test_embedding_contrast_equals_float64_reference():
 def test_classification_and_vae_terms_equal_float64_reference():
   logits, classes = RNG.normal(size=(5, 4)) * 3, np.array([0, 3, 2, 1, 1])
   valid = np.array([1, 1, 0, 1, 1], bool)
-  got = losses.classification_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(classes), jnp.asarray(valid))
+  got = jax.jit(losses.classification_loss)(jnp.asarray(logits, jnp.float32), jnp.asarray(classes), jnp.asarray(valid))
   log_probs = logits - _logsumexp(logits)[:, None]
   assert float(got) == pytest.approx(-log_probs[np.arange(5), classes][valid].mean(), rel=1e-5)
   real, rec, mean, log_var = (RNG.normal(size=(5, 6)), RNG.normal(size=(5, 6)), RNG.normal(size=(5, 3)),
                               RNG.normal(size=(5, 3)) * 0.5)
-  got = losses.vae_terms(*_f32(real, rec, mean, log_var), jnp.asarray(valid))
+  got = jax.jit(losses.vae_terms)(*_f32(real, rec, mean, log_var), jnp.asarray(valid))
   want = np.mean((rec - real) ** 2, -1) + 0.5 * np.sum(np.exp(log_var) + mean ** 2 - 1 - log_var, -1)
   assert float(got) == pytest.approx(want[valid].mean(), rel=1e-5)
   assert float(losses.cat_loss(1.0, 2.0, 3.0, lambda_r=0.1, lambda_f=0.01)) == pytest.approx(1.23)
@@ -114,13 +116,13 @@ def test_pseudo_queries_are_decoded_inside_the_context_batch():
   """Each class's pseudo queries come from one decoder batch [its rows; the context rows] (BatchNorm over that
   whole batch), against a float64 transcription."""
   gen = heads.Generator(query_dim=6, hidden_dims=(16, 16, 16, 16), latent_dim=4)
-  params = gen.init({"params": jax.random.key(0)}, *_f32(RNG.normal(size=(4, 6)), RNG.normal(size=(4, 5))),
-                    jax.random.key(1))["params"]
+  params = jax.jit(gen.init)({"params": jax.random.key(0)}, *_f32(RNG.normal(size=(4, 6)), RNG.normal(size=(4, 5))),
+                             jax.random.key(1))["params"]
   text, context = RNG.normal(size=(3, 5)), RNG.normal(size=(7, 5))
   models = setup.Models(mask2former=None, projector=None, generator=gen)
   key = jax.random.key(2)
-  got = np.asarray(stages.generate_in_context(models, {"generator": params}, *_f32(text), 2,
-                                              jnp.asarray(context, jnp.float32), key))
+  generate = jax.jit(lambda p, t, c, k: stages.generate_in_context(models, p, t, 2, c, k))
+  got = np.asarray(generate({"generator": params}, *_f32(text), jnp.asarray(context, jnp.float32), key))
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   want = []
   for u, class_key in enumerate(jax.random.split(key, 3)):

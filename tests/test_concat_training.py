@@ -22,7 +22,7 @@ def setting(tmp_path_factory):
   arch = ClipArchitecture(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
                           context_length=8, vocab_size=49408, text_width=16, text_layers=1, text_heads=2)
   clip = CLIP(arch)
-  params = clip.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
+  params = jax.jit(clip.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
   text = jax.random.normal(jax.random.key(1), (len(config.data.class_names), 8))
   config.concat.clip_image_size = 16
   config.optimizer.warmup_steps = 0  # A warm-up would start at lr 0: the first step must move the trained parts.

@@ -100,9 +100,9 @@ def clip_setup():
   model = CLIP(ARCH)
   rng = np.random.default_rng(0)
   images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
-  params = model.init(jax.random.key(1), jnp.asarray(images), method="encode_image")["params"]
+  params = jax.jit(lambda k, x: model.init(k, x, method="encode_image"))(jax.random.key(1), images)["params"]
   # Non-zero biases and norm affines, so every parameter's role is checked.
-  params = jax.tree.map(lambda a: a + 0.1 * rng.normal(size=a.shape).astype(np.float32), params)
+  params = jax.tree.map(lambda a: np.asarray(a) + 0.1 * rng.normal(size=a.shape).astype(np.float32), params)
   biases = (3 * rng.normal(size=(2, ARCH.vision_heads, 5, 8, 8))).astype(np.float32)
   return model, params, images, biases
 

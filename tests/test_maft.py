@@ -19,21 +19,23 @@ ARCH = ClipArchitecture(embed_dim=8, image_size=32, patch_size=8, vision_width=1
 @pytest.fixture(scope="module")
 def tiny_clip():
   model = CLIP(ARCH)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
+  init = lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 8), jnp.int32))["params"]
   # Larger than init so that attention patterns matter.
-  params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, params)
+  params = jax.jit(lambda key: jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, init(key)))(jax.random.key(0))
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   return model, params, images
 
 
 def test_start_layers_at_depth_gives_the_plain_class_embedding(tiny_clip):
   model, params, images = tiny_clip
-  plain = model.apply({"params": params}, images, method="encode_image")
   masks = jax.random.uniform(jax.random.key(2), (2, 5, 32, 32))
-  out = ipclip_embeddings(ARCH, params["visual"], images, masks, ARCH.vision_layers)
+  plain, out, unmasked = jax.jit(lambda p: (
+      model.apply({"params": p}, images, method="encode_image"),
+      ipclip_embeddings(ARCH, p["visual"], images, masks, ARCH.vision_layers),
+      ipclip_embeddings(ARCH, p["visual"], images, None, 1)))(params)
   assert out.shape == (2, 5, ARCH.embed_dim)
   np.testing.assert_allclose(out, np.broadcast_to(plain[:, None], out.shape), atol=1e-5)
-  np.testing.assert_allclose(ipclip_embeddings(ARCH, params["visual"], images, None, 1), plain, atol=1e-5)
+  np.testing.assert_allclose(unmasked, plain, atol=1e-5)
 
 
 def _np(tree):
@@ -94,12 +96,14 @@ def _released_ipclip(v, image, masks, start, heads):
 @pytest.mark.parametrize("start,size", [(0, 32), (1, 32), (2, 48)])
 def test_forward_equals_the_released_attention_in_float64(tiny_clip, start, size):
   _, params, images = tiny_clip
-  images = jax.image.resize(images, (2, size, size, 3), "bilinear")
   rng = np.random.default_rng(start)
   g = size // ARCH.patch_size
   masks = rng.uniform(size=(2, 5, 2 * g, 2 * g)) ** 2  # Half of the patches or fewer per proposal.
   masks[:, 0] = 0.0  # A proposal that covers nothing: its copy attends to itself only.
-  out = ipclip_embeddings(ARCH, params["visual"], images, jnp.asarray(masks, jnp.float32), start)
+  def forward(visual, images, masks):
+    images = jax.image.resize(images, (2, size, size, 3), "bilinear")
+    return images, ipclip_embeddings(ARCH, visual, images, masks, start)
+  images, out = jax.jit(forward)(params["visual"], images, jnp.asarray(masks, jnp.float32))
   v = _np(params["visual"])
   for b in range(2):
     ref = _released_ipclip(v, np.asarray(images[b], np.float64), masks[b], start, ARCH.vision_heads)
@@ -131,8 +135,8 @@ def test_mask_aware_loss_equals_float64_numpy():
   segments = rng.integers(-1, m, size=(b, s, s))
   classes = np.array([[2, 0, 3], [1, -1, -1]])
   segments[1][segments[1] > 0] = -1  # Image 1 has one target.
-  loss, _ = objective.mask_aware_loss(*(jnp.asarray(a, jnp.float32) for a in (probs, proposals)),
-                                      jnp.asarray(segments), jnp.asarray(classes))
+  loss, _ = jax.jit(objective.mask_aware_loss)(*(jnp.asarray(a, jnp.float32) for a in (probs, proposals)),
+                                               jnp.asarray(segments), jnp.asarray(classes))
   terms = []
   for i in range(b):
     for t in range(m):
@@ -159,13 +163,16 @@ def test_logits_and_distillation_equal_float64_numpy():
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  ours = [objective.class_probs(objective.class_logits(f32(x), f32(text), f32(no_object))) for x in (student, teacher)]
-  logits = objective.class_logits(f32(student), f32(text), f32(no_object))
+
+  def computed(student, teacher, text, no_object):
+    both = [objective.class_probs(objective.class_logits(x, text, no_object)) for x in (student, teacher)]
+    return objective.class_logits(student, text, no_object), both, objective.distillation_loss(*both)
+  logits, ours, distillation = jax.jit(computed)(*(f32(a) for a in (student, teacher, text, no_object)))
   assert logits.shape == (2, 3, 6)
   np.testing.assert_allclose(logits[..., -1], 100 * (student / np.linalg.norm(student, axis=-1, keepdims=True))
                              @ (no_object / np.linalg.norm(no_object)), rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(ours[0], probs(student), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(objective.distillation_loss(*ours), np.mean(_smooth_l1(probs(student), probs(teacher))),
+  np.testing.assert_allclose(distillation, np.mean(_smooth_l1(probs(student), probs(teacher))),
                              rtol=1e-4, atol=1e-7)
 
 
@@ -218,10 +225,15 @@ def test_maft_classifiers_read_ipclip_when_given_one(tiny_clip):
   groups, seen = jnp.eye(4), jnp.asarray([True, True, False, False])
   mask_logits = jax.random.normal(jax.random.key(4), (2, 5, 8, 8)) * 4
   p_seg = jax.nn.softmax(jax.random.normal(jax.random.key(5), (2, 5, 4)))
-  p_clip = classify.ipclip_class_probs(model, params, images, mask_logits, text, 1, 48)
+
+  def scores(params):
+    p_clip = classify.ipclip_class_probs(model, params, images, mask_logits, text, 1, 48)
+    make = lambda name: classify.make_reclassifier(name, model, params, text, groups, seen, 32, ipclip=(1, 48))
+    valid = jnp.any(classify.binary_masks(mask_logits, (32, 32), 0.5), axis=(-2, -1))
+    return (p_clip, make("ensemble:maft_ipclip")(p_seg, images, mask_logits),
+            make("ensemble:maft_ipclip_ensemble")(p_seg, images, mask_logits),
+            ensembles.maft_frozen_clip(p_seg, p_clip, seen, 0.8, valid))
+  p_clip, ipclip, ensemble, expected_ensemble = jax.jit(scores)(params)
   assert p_clip.shape == (2, 5, 4)
-  make = lambda name: classify.make_reclassifier(name, model, params, text, groups, seen, 32, ipclip=(1, 48))
-  np.testing.assert_allclose(make("ensemble:maft_ipclip")(p_seg, images, mask_logits), p_clip, rtol=1e-5)
-  valid = jnp.any(classify.binary_masks(mask_logits, (32, 32), 0.5), axis=(-2, -1))
-  np.testing.assert_allclose(make("ensemble:maft_ipclip_ensemble")(p_seg, images, mask_logits),
-                             ensembles.maft_frozen_clip(p_seg, p_clip, seen, 0.8, valid), rtol=1e-5)
+  np.testing.assert_allclose(ipclip, p_clip, rtol=1e-5)
+  np.testing.assert_allclose(ensemble, expected_ensemble, rtol=1e-5)

@@ -149,13 +149,13 @@ def test_decoder_gradients_are_finite_when_every_mask_is_empty():
   rng = np.random.default_rng(0)
   multi_scale = [jnp.asarray(rng.normal(size=(1, s, s + 1, 16)), jnp.float32) for s in (2, 4, 8)]
   mask_features = -jnp.ones((1, 16, 18, 16))
-  params = decoder.init(jax.random.key(0), multi_scale, mask_features)["params"]
+  params = jax.jit(decoder.init)(jax.random.key(0), multi_scale, mask_features)["params"]
   head = params["mask_embed"]["dense_2"]
   params["mask_embed"]["dense_2"] = {"kernel": jnp.zeros_like(head["kernel"]), "bias": jnp.ones_like(head["bias"])}
-  out = decoder.apply({"params": params}, multi_scale, mask_features)
+  forward = lambda p, x: decoder.apply({"params": p}, x, mask_features)
+  loss = lambda p, x: jnp.mean(forward(p, x)["pred_logits"] ** 2)
+  out, grads = jax.jit(lambda p, x: (forward(p, x), jax.grad(loss, argnums=(0, 1))(p, x)))(params, multi_scale)
   assert all(bool(jnp.all(a["pred_masks"] < 0)) for a in out["aux_outputs"])  # Every mask empty.
-  loss = lambda p, x: jnp.mean(decoder.apply({"params": p}, x, mask_features)["pred_logits"] ** 2)
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, multi_scale)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert float(jnp.abs(grads[1][0]).max()) > 0  # The memory is still attended to.
 
@@ -166,7 +166,7 @@ def test_sampling_gradients_reach_the_offsets():
   rng = np.random.default_rng(1)
   query = jnp.asarray(rng.normal(size=(1, 16, 8)), jnp.float32)
   reference = jnp.asarray(rng.uniform(size=(1, 16, 2, 2)), jnp.float32)
-  params = attention.init(jax.random.key(0), query, reference, query, shapes)["params"]
+  params = jax.jit(lambda key: attention.init(key, query, reference, query, shapes))(jax.random.key(0))["params"]
   loss = lambda p: jnp.sum(attention.apply({"params": p}, query, reference, query, shapes) ** 2)
   grads = jax.jit(jax.grad(loss))(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

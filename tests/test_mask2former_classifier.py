@@ -44,25 +44,27 @@ def test_text_classifier_equals_numpy(learn):
   rng = np.random.default_rng(0)
   queries, text = rng.normal(size=(2, 5, 8)), rng.normal(size=(3, 6))
   classifier = TextClassifier(embed_dim=6, temperature=0.05, learn_temperature=learn)
-  params = classifier.init(jax.random.key(0), jnp.asarray(queries, jnp.float32), jnp.asarray(text, jnp.float32))
+  params = jax.jit(classifier.init)(jax.random.key(0), jnp.asarray(queries, jnp.float32),
+                                    jnp.asarray(text, jnp.float32))
   params = jax.tree.map(np.asarray, params["params"])
   assert ("logit_scale" in params) == learn
   if learn:
     np.testing.assert_allclose(np.exp(params["logit_scale"]), 20.0, rtol=1e-6)
-  out = classifier.apply({"params": params}, jnp.asarray(queries, jnp.float32), jnp.asarray(text, jnp.float32))
+  apply = jax.jit(classifier.apply)
+  out = apply({"params": params}, jnp.asarray(queries, jnp.float32), jnp.asarray(text, jnp.float32))
   assert out.shape == (2, 5, 4)  # Three classes and "no object" last.
   p = params["projection"]
   expected = np_text_logits(queries, p["kernel"], p["bias"], text, params["no_object_embedding"], 20.0)
   np.testing.assert_allclose(out, expected, atol=1e-5)
   with pytest.raises(ValueError, match=r"needs class_embeddings \[K, 6\]; got \(3, 5\)"):
-    classifier.apply({"params": params}, jnp.asarray(queries, jnp.float32), jnp.zeros((3, 5)))
+    apply({"params": params}, jnp.asarray(queries, jnp.float32), jnp.zeros((3, 5)))
 
 
 def test_learned_logit_scale_is_capped():
   classifier = TextClassifier(embed_dim=4, temperature=0.001)
   x, text = jnp.ones((1, 2, 4)), jnp.eye(4)[:2]
-  params = classifier.init(jax.random.key(0), x, text)
-  assert float(jnp.max(jnp.abs(classifier.apply(params, x, text)))) <= 100.0 + 1e-4
+  params = jax.jit(classifier.init)(jax.random.key(0), x, text)
+  assert float(jnp.max(jnp.abs(jax.jit(classifier.apply)(params, x, text)))) <= 100.0 + 1e-4
 
 
 def _tiny_mask2former(classifier=None, num_classes=0):
@@ -78,20 +80,23 @@ def test_every_prediction_is_classified_by_the_plugged_classifier():
   model = _tiny_mask2former(TextClassifier(embed_dim=6))
   images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
   text = jnp.asarray(np.random.default_rng(2).normal(size=(3, 6)), jnp.float32)
-  params = model.init(jax.random.key(0), images, class_embeddings=text)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), images, class_embeddings=text)["params"]
   assert "class_embed" not in params["decoder"] and "projection" in params["classifier"]
-  out = model.apply({"params": params}, images, class_embeddings=text)
-  for prediction in [out, *out["aux_outputs"]]:
-    expected = TextClassifier(embed_dim=6).apply({"params": params["classifier"]}, prediction["query_embeddings"],
-                                                 text)
-    np.testing.assert_allclose(prediction["pred_logits"], expected, atol=1e-6)
+
+  def predictions(params):
+    out = model.apply({"params": params}, images, class_embeddings=text)
+    expected = [TextClassifier(embed_dim=6).apply({"params": params["classifier"]}, p["query_embeddings"], text)
+                for p in [out, *out["aux_outputs"]]]
+    return out, expected, model.apply({"params": params}, images, class_embeddings=jnp.concatenate([text, text[:2]]))
+  out, expected, wider = jax.jit(predictions)(params)
+  for prediction, logits in zip([out, *out["aux_outputs"]], expected, strict=True):
+    np.testing.assert_allclose(prediction["pred_logits"], logits, atol=1e-6)
   # Any vocabulary: five classes give five columns plus "no object", the masks unchanged.
-  wider = model.apply({"params": params}, images, class_embeddings=jnp.concatenate([text, text[:2]]))
   assert wider["pred_logits"].shape == (1, 4, 6)
   np.testing.assert_array_equal(wider["pred_masks"], out["pred_masks"])
   with pytest.raises(ValueError, match=r"both a K\+1 class head .* and a classifier"):
-    _tiny_mask2former(TextClassifier(embed_dim=6), num_classes=3).init(jax.random.key(0), images,
-                                                                       class_embeddings=text)
+    jax.jit(_tiny_mask2former(TextClassifier(embed_dim=6), num_classes=3).init)(jax.random.key(0), images,
+                                                                                class_embeddings=text)
 
 
 def test_classifier_section_checks():

@@ -65,12 +65,12 @@ def test_prompted_forward_equals_released_transcription(depth):
   masks[1] = False
   masks[1, 5, 5] = True  # One kept pixel keeps its whole patch.
   masks[2] = True
-  params = model.init(jax.random.key(0), images, np.zeros((3, 8), np.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), images, np.zeros((3, 8), np.int32))["params"]
   params["visual"]["mask_prompts"] = rng.normal(size=params["visual"]["mask_prompts"].shape).astype(np.float32)
-  got = model.apply({"params": params}, images, masks, method="encode_image")
+  encode = lambda p, *masks: model.apply({"params": p}, images, *masks, method="encode_image")
+  got, plain = jax.jit(lambda p, m: (encode(p, m), encode(p)))(params, masks)
   want = _released_forward(images.astype(np.float64), masks.astype(np.float64), params["visual"], ARCH)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, atol=2e-5 * np.abs(want).max())
-  plain = model.apply({"params": params}, images, method="encode_image")
   assert np.allclose(plain[2], got[2], atol=1e-5)  # Every patch kept: the prompts change nothing.
   assert not np.allclose(plain[1], got[1], atol=1e-3)
 
@@ -78,9 +78,10 @@ def test_prompted_forward_equals_released_transcription(depth):
 def test_masks_without_prompts_are_refused():
   model = CLIP(ClipArchitecture(**ARCH))
   images = np.zeros((1, 16, 16, 3), np.float32)
-  params = model.init(jax.random.key(0), images, np.zeros((1, 8), np.int32))["params"]
+  params = jax.eval_shape(model.init, jax.random.key(0), images, np.zeros((1, 8), np.int32))["params"]
   with pytest.raises(ValueError, match="mask_prompt_depth"):
-    model.apply({"params": params}, images, np.ones((1, 16, 16), bool), method="encode_image")
+    jax.eval_shape(lambda p: model.apply({"params": p}, images, np.ones((1, 16, 16), bool), method="encode_image"),
+                   params)
 
 
 def _prompt_config():

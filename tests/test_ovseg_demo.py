@@ -63,8 +63,8 @@ def test_proposals_of_a_mask2former_workdir_at_the_image_size(tiny):
   soft = proposals.soft_proposals(mask_model)(image)
   assert soft.shape == (config.proposals.model.decoder.num_queries, 40, 56)
   resized = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR))
-  logits = mask_model.model.apply({"params": mask_model.params}, normalize_images(
-      jnp.asarray(resized)[None], IMAGENET_MEAN, IMAGENET_STD))["pred_masks"][0]
+  logits = jax.jit(lambda p, x: mask_model.model.apply({"params": p}, normalize_images(
+      x[None], IMAGENET_MEAN, IMAGENET_STD))["pred_masks"][0])(mask_model.params, jnp.asarray(resized))
   logits = np.asarray(logits, np.float64)
   rows, cols = linear_resize_matrix(logits.shape[1], 40), linear_resize_matrix(logits.shape[2], 56)
   expected = 1 / (1 + np.exp(-np.einsum("ih,nhw,jw->nij", rows, logits, cols)))
@@ -125,8 +125,9 @@ def test_a_maft_ip_clip_names_the_proposals_with_its_own_forward(tiny):
                                              setup).scores([window])[0] for setup in (clip, ipclip)}
   text = mask_scores.class_text_embeddings(clip.module, clip.params, list(names), ("{}",),
                                            clip.module.architecture.context_length)
-  p_clip = classify.ipclip_class_probs(clip.module, clip.params, normalize_images(jnp.asarray(window)[None]),
-                                       jnp.asarray(logits), text, 0, clip.crop_size)
+  p_clip = jax.jit(lambda p, x: classify.ipclip_class_probs(clip.module, p, normalize_images(x[None]),
+                                                             jnp.asarray(logits), text, 0, clip.crop_size))(
+      clip.params, jnp.asarray(window))
   m = 1 / (1 + np.exp(-logits[0].astype(np.float64)))
   expected = np.einsum("nc,nhw->chw", np.asarray(p_clip[0], np.float64), m) / m.sum(0)
   np.testing.assert_allclose(scores[ipclip.ipclip], expected, rtol=1e-4, atol=1e-6)

@@ -107,7 +107,8 @@ def test_clip_towers_serve_as_encoders():
   model = CLIP(ClipArchitecture(embed_dim=8, image_size=16, patch_size=8, vision_width=16, vision_layers=1,
                                 vision_heads=2, context_length=16, vocab_size=49408, text_width=8, text_layers=1,
                                 text_heads=1))
-  params = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32), np.zeros((1, 16), np.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32),
+                               np.zeros((1, 16), np.int32))["params"]
   encode_crops, encode_texts = pairs.clip_encoders(model, params, context_length=16)
   image, masks = _scene()
   found = pairs.pairs_of_image(image, CAPTION, masks, encode_crops, encode_texts, size=16)

@@ -49,8 +49,9 @@ def _assert_same_params(a, b):
 ])
 def test_stage_outputs_equal_pytorch(reference, source, reference_model):
   module, params = load_resnet(FIXTURES / source)
+  apply = jax.jit(module.apply)
   for size in ("64", "45x37"):  # 45x37: PyTorch's floor rounding of padded strided convs and pooling.
-    outputs = module.apply({"params": params}, reference[f"images_{size}"])
+    outputs = apply({"params": params}, reference[f"images_{size}"])
     assert sorted(outputs) == list(STRIDES)
     for stage, stride in enumerate(STRIDES):
       expected = reference[f"{reference_model}_res{stage + 2}_{size}"]
@@ -226,20 +227,20 @@ def tiny():
 
 def test_frozen_norms_get_no_gradient_and_train_changes_nothing(tiny):
   model, params, images = tiny
-  loss = lambda p: sum(jnp.sum(y ** 2) for y in model.apply({"params": p}, images, train=True).values())
-  grads = jax.tree_util.tree_leaves_with_path(jax.jit(jax.grad(loss))(params))
-  for path, g in grads:
+  forward = lambda p, train: model.apply({"params": p}, images, train=train)
+  loss = lambda p: sum(jnp.sum(y ** 2) for y in forward(p, True).values())
+  grads, out, trained = jax.jit(lambda p: (jax.grad(loss)(p), forward(p, False), forward(p, True)))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
     in_norm = any(getattr(k, "key", None) == "norm" for k in path)
     assert bool(jnp.all(g == 0)) == in_norm, jax.tree_util.keystr(path)
-  out, trained = model.apply({"params": params}, images), model.apply({"params": params}, images, train=True)
   for stride in STRIDES:
     np.testing.assert_array_equal(out[stride], trained[stride])
 
 
 def test_bfloat16_compute_is_close_to_float32(tiny):
   model, params, images = tiny
-  full = model.apply({"params": params}, images)[16]
-  half = model.clone(dtype=jnp.bfloat16).apply({"params": params}, images)[16]
+  full = jax.jit(model.apply)({"params": params}, images)[16]
+  half = jax.jit(model.clone(dtype=jnp.bfloat16).apply)({"params": params}, images)[16]
   assert half.dtype == jnp.bfloat16
   assert _relative_error(half.astype(jnp.float32), np.asarray(full)) < 5e-2
 
@@ -248,4 +249,4 @@ def test_unknown_variant_and_inconsistent_widths():
   with pytest.raises(ValueError, match="unknown ResNet variant 'R34'"):
     resnet.resnet("R34")
   with pytest.raises(ValueError, match="one entry per stage"):
-    resnet.ResNet((1, 1), 8, (4,), (8, 16)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    jax.jit(resnet.ResNet((1, 1), 8, (4,), (8, 16)).init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -39,7 +39,7 @@ def _relative_error(actual, expected):
 @pytest.mark.parametrize("size", ["", "_other"])  # Native 96x96 (12x12 grid), then 80x112 (10x14 grid).
 def test_matches_pytorch_reference(reference, loaded, source, size):
   module, params = loaded[source]
-  out = module.apply({"params": params}, reference[f"images{size}"].astype(np.float32))
+  out = jax.jit(module.apply)({"params": params}, reference[f"images{size}"].astype(np.float32))
   assert len(out["hidden_states"]) == 4
   for i, hidden in enumerate(out["hidden_states"]):
     assert _relative_error(hidden, reference[f"hidden_states{size}"][i]) < 1e-4, i

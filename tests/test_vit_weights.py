@@ -1,5 +1,6 @@
 """A timm/MAE-layout ViT checkpoint read into the UperNet's `ViT` computes what the checkpoint's own model
 computes on patch tokens, checked against a float64 numpy transcription of the PyTorch blocks."""
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -66,7 +67,7 @@ def test_mae_layout_checkpoint_matches_the_numpy_model(tmp_path):
   architecture, params = read_vit_backbone(path, num_heads=HEADS)
   assert (architecture.depth, architecture.width, architecture.patch_size) == (DEPTH, WIDTH, PATCH)
   images = rng.normal(size=(2, IMAGE, IMAGE, 3)).astype(np.float32)
-  got = ViT(PATCH, WIDTH, DEPTH, HEADS, MLP).apply({"params": params}, images)
+  got = jax.jit(ViT(PATCH, WIDTH, DEPTH, HEADS, MLP).apply)({"params": params}, images)
   np.testing.assert_allclose(np.asarray(got), _reference(state, images), rtol=1e-4, atol=1e-4)
 
 
