@@ -6,7 +6,8 @@ r"""Speed against the machine's limit and against the PyTorch way, measured in o
 Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
 torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
 (Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
-FLOPs, the paper step in bfloat16 compute, and the paper step reading stored pseudo masks (`pseudo_masks.source='stored'`) with its speed-up; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
+FLOPs, the paper step in bfloat16 compute, and the paper step reading stored pseudo masks (`pseudo_masks.source='stored'`) with its speed-up, both modes also at
+batch 8; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
 R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch Python, transformers' Mask2Former; the other methods' steps
 (benchmarks/methods.py: CLIP fine-tuning beside transformers' CLIPModel, MAFT's IP-CLIP, EBSeg); `paper_pieces` (not by
 default): the paper step's pieces alone (benchmarks/paper_profile.py); DINO + K-means
@@ -294,6 +295,14 @@ def main(argv) -> None:
     stored, stored_seconds = method_step(config, 2, "paper config, stored pseudo masks (no DINO, no K-means)")
     stored["img/s vs online"] = paper_seconds / stored_seconds
     rows += [row, bf16, stored]
+    # The same two modes at batch 8, nearer training's per-device batch (the paper's is larger still): the speed-up
+    # per image depends on the batch.
+    config.pseudo_masks.source = "online"
+    online8, online8_seconds = method_step(config, 8, "paper config (Swin-S, N=64, DINO S/8)")
+    config.pseudo_masks.source = "stored"
+    stored8, stored8_seconds = method_step(config, 8, "paper config, stored pseudo masks (no DINO, no K-means)")
+    stored8["img/s vs online"] = online8_seconds / stored8_seconds
+    rows += [online8, stored8]
   if "matching" in sections:
     rows += matching_rows(paper_seconds)
   if "mask2former" in sections:
