@@ -19,11 +19,10 @@ from ovseg_jax.eval.open_vocabulary import proposal_predictor
 from ovseg_jax.eval.protocol import Protocol
 from ovseg_jax.methods import registry
 from ovseg_jax.methods.clip import setup as clip_setup
-from ovseg_jax.methods.mask2former import setup as mask2former_setup
 from ovseg_jax.methods.ovseg import demo, demo_rows, demo_table, mine, proposals
 from ovseg_jax.models.resize import linear_resize_matrix
 from ovseg_jax.ops.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize_images
-from ovseg_jax.train import checkpoint, sharding, workdir as workdirs
+from initial_workdirs import initial_workdir
 
 
 def _tiny_config(root):
@@ -33,16 +32,6 @@ def _tiny_config(root):
   return config
 
 
-def _saved(config, build, workdir):
-  """A workdir holding the initial state as its checkpoint at step 0."""
-  trainable = build(config, sharding.make_mesh(config.mesh.axes))
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
-  ckpt.save(0, trainable.state, {}, force=True)
-  ckpt.close()
-  workdirs.write_config(epath.Path(workdir), config)
-  return workdir
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   root = tmp_path_factory.mktemp("ovseg_demo")
@@ -50,9 +39,9 @@ def tiny(tmp_path_factory):
   prompted = ml_collections.ConfigDict(config.prompts.to_dict())
   prompted.model.mask_prompt_depth = 1  # The tiny CLIP has one block.
   prompted.init.required = False
-  return config, root, {"proposals": _saved(config.proposals, mask2former_setup.build, root / "proposals"),
-                        "clip": _saved(config.clip, clip_setup.build, root / "clip"),
-                        "prompts": _saved(prompted, clip_setup.build, root / "prompts")}
+  return config, root, {"proposals": initial_workdir(config.proposals, root / "proposals"),
+                        "clip": initial_workdir(config.clip, root / "clip"),
+                        "prompts": initial_workdir(prompted, root / "prompts")}
 
 
 def test_proposals_of_a_mask2former_workdir_at_the_image_size(tiny):

@@ -17,9 +17,9 @@ from data_pipelines.prepared import store
 from ovseg_jax.methods.selftrain import pseudo_labels as pseudo_label, setup as selftrain_setup
 from ovseg_jax.methods import registry
 from ovseg_jax.methods.selftrain import trainer as selftrain
-from ovseg_jax.methods.sseg import trainer as train
 from ovseg_jax.train import checkpoint, optim
 from ovseg_jax.models import upernet
+from initial_workdirs import initial_workdir
 from test_vit_weights import HEADS, random_vit_state
 
 
@@ -126,16 +126,14 @@ def test_segmentation_loss_is_cross_entropy_over_labelled_pixels():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-  """A tiny demo S-Seg trained for a few steps: (its config, its workdir)."""
+  """A tiny demo S-Seg workdir at its initial state (untrained labels serve as well): (its config, its workdir)."""
   tmp = tmp_path_factory.mktemp("teacher")
   config = selftrain_demo.get_config("tiny")
   config.teacher.data.demo_root = str(tmp / "demo")
-  training = config.teacher.copy_and_resolve_references()
-  training.eval.datasets = []  # The self-training tests evaluate the teacher where they need it.
-  train.train_and_evaluate(training, tmp / "workdir")
-  return config.teacher, tmp / "workdir"
+  return config.teacher, initial_workdir(config.teacher, tmp / "workdir")
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_demo_self_training_end_to_end(tmp_path, teacher):
   config = selftrain_demo.get_config("tiny")
   config.teacher, config.teacher_workdir = teacher[0], str(teacher[1])

@@ -81,6 +81,7 @@ def _main(workdir, *overrides, demo_root=None):
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # A long end-to-end check: `python -m pytest -q -m slow`.
 def test_main_resumes_evaluates_and_refuses_another_model(demo_workdir, tmp_path):
   # The first run is the session's 6-step run of the same config (tests/conftest.py), trained by the code `main`
   # runs; `main` itself refuses another model on it, then resumes it to step 8 and evaluates.
