@@ -142,15 +142,20 @@ def test_recognition_embeddings_follow_their_biases(clip_setup):
   np.testing.assert_allclose(before[:, 1:], after[:, 1:], atol=1e-6)
 
 
+def _pytorch_windows(size, out):
+  """(i, j, rows, cols) of PyTorch's adaptive pooling windows: [floor(i * H / h), ceil((i + 1) * H / h))."""
+  for i, j in np.ndindex(*out):
+    r0, r1 = (i * size[0]) // out[0], -(-((i + 1) * size[0]) // out[0])
+    c0, c1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
+    yield i, j, slice(r0, r1), slice(c0, c1)
+
+
 @pytest.mark.parametrize("size,out", [((8, 8), (4, 4)), ((7, 10), (3, 4)), ((5, 5), (5, 5))])
 def test_adaptive_max_pool_is_pytorchs(size, out):
   x = np.random.default_rng(2).normal(size=(2, 3, *size)).astype(np.float32)
   expected = np.empty((2, 3, *out))
-  for i in range(out[0]):  # PyTorch's windows: [floor(i * H / h), ceil((i + 1) * H / h)).
-    for j in range(out[1]):
-      r0, r1 = (i * size[0]) // out[0], -(-((i + 1) * size[0]) // out[0])
-      c0, c1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
-      expected[..., i, j] = x[..., r0:r1, c0:c1].max((-2, -1))
+  for i, j, rows, cols in _pytorch_windows(size, out):
+    expected[..., i, j] = x[..., rows, cols].max((-2, -1))
   np.testing.assert_array_equal(clip_surgery.adaptive_max_pool(jnp.asarray(x), out), expected)
 
 
@@ -162,13 +167,11 @@ def test_adaptive_max_pool_routes_each_windows_gradient_to_its_maximum(size, out
   g = rng.normal(size=(2, 3, *out)).astype(np.float32)
   grad = jax.jit(jax.grad(lambda v: jnp.sum(clip_surgery.adaptive_max_pool(v, out) * g)))
   expected = np.zeros_like(x, np.float64)
-  for i in range(out[0]):
-    for j in range(out[1]):
-      r0, r1 = (i * size[0]) // out[0], -(-((i + 1) * size[0]) // out[0])
-      c0, c1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
-      for b, c in np.ndindex(2, 3):
-        r, k = np.unravel_index(np.argmax(x[b, c, r0:r1, c0:c1]), (r1 - r0, c1 - c0))
-        expected[b, c, r0 + r, c0 + k] += g[b, c, i, j]
+  for i, j, rows, cols in _pytorch_windows(size, out):
+    for b, c in np.ndindex(2, 3):
+      window = x[b, c, rows, cols]
+      r, k = np.unravel_index(np.argmax(window), window.shape)
+      expected[b, c, rows.start + r, cols.start + k] += g[b, c, i, j]
   np.testing.assert_allclose(grad(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-6)
   tied = np.asarray(grad(jnp.zeros_like(x)))  # Every element is a maximum: still one per window, never NaN.
   assert np.all(np.isfinite(tied)) and np.count_nonzero(tied) <= np.prod(out) * 6
