@@ -27,6 +27,22 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
   return statistics.median(times)
 
 
+def interleaved_seconds(fns: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+  """Wall time of every call of each function, the functions called in turn, round after round, after `warmup`
+  untimed rounds. A shared machine's speed drifts under its neighbours; interleaved, every function meets the
+  same drift, so ratios taken within a round compare like with like."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
 def machine() -> dict[str, Any]:
   """Cores and load, printed beside the figures: these machines are shared and noisy."""
   return {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0], "python": platform.python_version(),

@@ -11,6 +11,7 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,17 @@ def peak_gib(compiled) -> float:
   return (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes) / 2 ** 30
 
 
-def timed_step(step, state, *args, repeats: int = 5) -> tuple[float, float, object]:
-  """(compile seconds, median seconds per step, the compiled step); `step` donates its state."""
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """A compiled train step bound to its arguments: `run()` takes one step (donating and keeping its state)."""
+  run: Callable[[], None]
+  flops: float
+  peak_gib: float
+  compile_seconds: float
+
+
+def compile_step(step, state, *args) -> CompiledStep:
+  """Compiles `step(state, *args)` (which donates its state) and binds it to the arguments."""
   import jax
   start = time.perf_counter()
   compiled = step.lower(state, *args).compile()
@@ -42,7 +52,15 @@ def timed_step(step, state, *args, repeats: int = 5) -> tuple[float, float, obje
   def run():
     holder["state"], metrics = compiled(holder["state"], *args)
     jax.block_until_ready(metrics)
-  return compile_seconds, common.median_seconds(run, repeats=repeats, warmup=2), compiled
+  return CompiledStep(run, compiled_flops(compiled), peak_gib(compiled), compile_seconds)
+
+
+def compile_trainable_step(trainable, host: dict[str, np.ndarray], frozen: Any) -> CompiledStep:
+  """`trainable.step` compiled on one device for a host batch."""
+  import jax
+  from ovseg_jax.train import sharding
+  return compile_step(trainable.step, trainable.state, sharding.host_batch_to_global(host, single_device_mesh()),
+                      jax.random.key(0), frozen)
 
 
 def single_device_mesh():
@@ -50,17 +68,17 @@ def single_device_mesh():
   return jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))
 
 
+def timed_row(step: CompiledStep, batch: int, what: str, repeats: int = 3) -> tuple[dict, float]:
+  """A compiled step's row (median of `repeats` steps after two untimed ones) and its seconds per step."""
+  seconds = common.median_seconds(step.run, repeats=repeats, warmup=2)
+  return {"what": what, "img/s": batch / seconds, "GFLOP/step": step.flops / 1e9, "GFLOP/s": step.flops / seconds / 1e9,
+          "peak GiB": step.peak_gib, "compile s": step.compile_seconds}, seconds
+
+
 def step_row(trainable, host: dict[str, np.ndarray], frozen: Any, batch: int, what: str,
              repeats: int = 3) -> tuple[dict, float]:
   """Times `trainable.step` on a host batch; returns the row and the seconds per step."""
-  import jax
-  from ovseg_jax.train import sharding
-  mesh = single_device_mesh()
-  compile_s, seconds, compiled = timed_step(trainable.step, trainable.state, sharding.host_batch_to_global(host, mesh),
-                                            jax.random.key(0), frozen, repeats=repeats)
-  flops = compiled_flops(compiled)
-  return {"what": what, "img/s": batch / seconds, "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9,
-          "peak GiB": peak_gib(compiled), "compile s": compile_s}, seconds
+  return timed_row(compile_trainable_step(trainable, host, frozen), batch, what, repeats)
 
 
 def segmentation_batch(trainable, config, batch: int, targets: int) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from benchmarks import common, methods
+from benchmarks import common, methods, paper
 from ovseg_jax import allocator
 
 PARTS = ("DinoViT", "kmeans", "backbone", "pixel_decoder", "decoder", "mask_head", "text_encoder", "projection")
@@ -45,10 +45,8 @@ def _measure(name: str, fn, *args) -> dict:
 
 
 def _paper_trainable(dtype: str, batch: int):
-  from configs import sseg_cc12m
   from ovseg_jax.methods import registry
-  config = sseg_cc12m.get_config("runlocal")
-  config.batch_size, config.model.dtype = batch, dtype
+  config = paper.paper_config(batch, {"model.dtype": dtype})
   return config, registry.get(config).build(config, methods.single_device_mesh())
 
 

@@ -4,15 +4,17 @@ r"""Speed against the machine's limit and against the PyTorch way, measured in o
       [--torch_python=/path/to/python-with-torch-and-timm] [--out=/tmp/benchmarks.json]
 
 Sections: the float32 / bfloat16 matmul ceiling; a ViT-S/16 train step (batch 8, 224) and, given a Python with
-torch and timm, the same step in PyTorch eager as the peer; the demo's and the paper config's full train steps
-(Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks, batch 2) with the DINO forward's share of the
-FLOPs, the paper step in bfloat16 compute, and the paper step reading stored pseudo masks (`pseudo_masks.source='stored'`) with its speed-up, both modes also at
-batch 8; the on-device Hungarian matching's share of the paper step beside a scipy loop on the host; the Mask2Former
-R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch Python, transformers' Mask2Former; the other methods' steps
-(benchmarks/methods.py: CLIP fine-tuning beside transformers' CLIPModel, MAFT's IP-CLIP, EBSeg); `paper_pieces` (not by
-default): the paper step's pieces alone (benchmarks/paper_profile.py); DINO + K-means
-pseudo masks per image and K-means beside sklearn's; the input pipeline; evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no
-`scan` in these models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling.
+torch and timm, the same step in PyTorch eager as the peer; the demo's full train step; the paper config's train step
+(Swin-S MaskFormer + text tower + DINO ViT-S/8 pseudo masks) with pseudo masks computed online, read from storage
+(`pseudo_masks.source='stored'`) and in bfloat16 compute at batch 2, the first two also at batch 8, each timed in
+rounds interleaved with the ceiling (benchmarks/paper.py); the on-device Hungarian matching's share of the paper step
+beside a scipy loop on the host; the Mask2Former R50 train step (ADE-150 config, batch 2, 512) and, given the PyTorch
+Python, transformers' Mask2Former; the other methods' steps (benchmarks/methods.py: CLIP fine-tuning beside
+transformers' CLIPModel, MAFT's IP-CLIP, EBSeg); `paper_pieces` (not by default): the paper step's pieces alone
+(benchmarks/paper_profile.py); DINO + K-means pseudo masks per image and K-means beside sklearn's; the input pipeline;
+evaluation with sliding windows. FLOPs come from XLA's cost analysis of the compiled programs (no `scan` in these
+models, so every layer is counted); utilisation = achieved GFLOP/s / float32 matmul ceiling (for the paper rows, the
+ceiling measured in the same rounds).
 
 On CPU the allocator is most of the gap to PyTorch (see benchmarks/README.md): like the training commands, this
 one re-executes itself with mimalloc (or tcmalloc) preloaded (`ovseg_jax/allocator.py`; `OVSEG_MALLOC=system`
@@ -27,7 +29,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from benchmarks import common, methods, paper_profile
+from benchmarks import common, methods, paper, paper_profile
 from ovseg_jax import allocator
 
 def ceiling() -> list[dict]:
@@ -70,12 +72,8 @@ def vit_step(batch: int = 8) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  compile_s, seconds, compiled = methods.timed_step(jax.jit(step, donate_argnums=0), (params, tx.init(params)), images,
-                                             labels)
-  flops = methods.compiled_flops(compiled)
-  return {"what": "ViT-S/16 train step, batch 8, 224 (Flax)", "img/s": batch / seconds,
-          "GFLOP/step": flops / 1e9, "GFLOP/s": flops / seconds / 1e9, "peak GiB": methods.peak_gib(compiled),
-          "compile s": compile_s}
+  step = methods.compile_step(jax.jit(step, donate_argnums=0), (params, tx.init(params)), images, labels)
+  return methods.timed_row(step, batch, "ViT-S/16 train step, batch 8, 224 (Flax)", repeats=5)[0]
 
 
 TORCH_SCRIPT = r"""
@@ -111,21 +109,11 @@ def torch_vit_step(python: str) -> dict | None:
 
 def method_step(config, batch: int, label: str) -> tuple[dict, float]:
   """A config's full train step (as its method builds it) on a random batch; also returns seconds per step."""
-  import jax
   from ovseg_jax.methods import registry
-  from ovseg_jax.methods.sseg import setup
   config.batch_size = batch
   trainable = registry.get(config).build(config, methods.single_device_mesh())
-  size = config.data.image_size
-  row, seconds = methods.step_row(trainable, common.random_batch(trainable, batch), trainable.frozen, batch,
-                                  f"{label} train step, batch {batch}, {size} px")
-  dino = setup.pseudo_mask_dino(config.pseudo_masks) if "pseudo_masks" in config else None
-  if dino:
-    module, params = dino
-    images = np.zeros((batch, size, size, 3), np.float32)
-    dino_flops = methods.compiled_flops(jax.jit(lambda p, x: module.apply({"params": p}, x)).lower(params, images).compile())
-    row["DINO share of FLOPs"] = dino_flops / (row["GFLOP/step"] * 1e9)
-  return row, seconds
+  return methods.step_row(trainable, common.random_batch(trainable, batch), trainable.frozen, batch,
+                          f"{label} train step, batch {batch}, {config.data.image_size} px")
 
 
 TORCH_MASK2FORMER_SCRIPT = r"""
@@ -175,18 +163,6 @@ def mask2former_rows(python: str, batch: int = 2, targets: int = 10) -> list[dic
     rows.append({"what": f"Mask2Former R50 train step, batch {batch}, {size} px (PyTorch eager, transformers)",
                  "img/s": batch / peer})
   return rows
-
-
-def paper_pseudo_mask_rows(batch: int) -> tuple[list[dict], float]:
-  """The paper step with pseudo masks computed in the step and read from storage, with the speed-up per image;
-  also returns the online step's seconds."""
-  from configs import sseg_cc12m
-  config = sseg_cc12m.get_config("runlocal")
-  online, online_seconds = method_step(config, batch, "paper config (Swin-S, N=64, DINO S/8)")
-  config.pseudo_masks.source = "stored"
-  stored, stored_seconds = method_step(config, batch, "paper config, stored pseudo masks (no DINO, no K-means)")
-  stored["img/s vs online"] = online_seconds / stored_seconds
-  return [online, stored], online_seconds
 
 
 def matching_rows(paper_step_seconds: float | None, batch: int = 2, layers: int = 6) -> list[dict]:
@@ -281,7 +257,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   allocator.reexec_with_fast_allocator("benchmarks.run")
   logging.set_verbosity(logging.WARNING)
-  from configs import sseg_cc12m, sseg_demo
+  from configs import sseg_demo
   sections, rows = set(f.sections), []
   ceiling_gflops = None
   if "ceiling" in sections:
@@ -298,14 +274,10 @@ def main(argv) -> None:
     rows.append(method_step(sseg_demo.get_config(), 32, "demo config")[0])
   paper_seconds = None
   if "paper" in sections:
-    pair, paper_seconds = paper_pseudo_mask_rows(2)
-    config = sseg_cc12m.get_config("runlocal")
-    config.model.dtype = "bfloat16"
-    bf16, bf16_seconds = method_step(config, 2, "paper config, bfloat16 compute")
-    bf16["img/s vs float32"] = paper_seconds / bf16_seconds
     # Batch 8 is nearer training's per-device batch (the paper's is larger still): the speed-up per image depends on
     # the batch.
-    rows += [*pair, bf16, *paper_pseudo_mask_rows(8)[0]]
+    batch_2, paper_seconds = paper.mode_rows(2)
+    rows += batch_2 + paper.mode_rows(8, ("online", "stored"))[0]
   if "matching" in sections:
     rows += matching_rows(paper_seconds)
   if "mask2former" in sections:
@@ -332,7 +304,7 @@ def main(argv) -> None:
     rows.append(eval_row(sseg_demo.get_config()))
   if ceiling_gflops:
     for r in rows:
-      if "GFLOP/s" in r and not r["what"].startswith("matmul"):
+      if "GFLOP/s" in r and "of f32 ceiling" not in r and not r["what"].startswith("matmul"):
         r["of f32 ceiling"] = r["GFLOP/s"] / ceiling_gflops
   columns = []
   for r in rows:

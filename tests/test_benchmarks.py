@@ -70,3 +70,31 @@ def test_trace_summary_sums_operations_by_model_part_and_kind(tmp_path):
   summary = paper_profile.summarise_trace(tmp_path, hlo)
   assert summary["part"] == {"backbone (fwd)": 3.0, "backbone (bwd)": 1.0, "DinoViT (fwd)": 0.5}
   assert summary["kind"] == {"matmul (ynn / dot fusions)": 3.0, "other": 1.5}
+
+
+def test_interleaved_rounds_call_every_function_in_turn():
+  calls = []
+  times = common.interleaved_seconds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3,
+                                     warmup=1)
+  assert calls == ["a", "b"] * 4
+  assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3} and min(times["a"] + times["b"]) >= 0.0
+
+
+def test_paper_mode_rows_take_ratios_within_each_round():
+  from benchmarks import methods, paper
+  rng = np.random.default_rng(4)
+  times = {name: list(rng.uniform(0.5, 2.0, 5)) for name in ("ceiling", "online", "stored")}
+  steps = {"online": methods.CompiledStep(None, 9e9, 2.0, 30.0), "stored": methods.CompiledStep(None, 6e9, 1.5, 20.0)}
+  online, stored = paper.summarise(times, steps, batch=2, ceiling_flops=3e9)
+  ceiling = 3e9 / np.asarray(times["ceiling"], np.float64)
+  for row, mode in ((online, "online"), (stored, "stored")):
+    seconds = np.asarray(times[mode], np.float64)
+    fraction = steps[mode].flops / seconds / ceiling
+    assert np.isclose(row["of f32 ceiling"], np.median(fraction))
+    assert np.isclose(row["img/s"], np.median(2 / seconds))
+    assert f"of ceiling {fraction.min():.2f}-{fraction.max():.2f}" in row["range over rounds"]
+  # The median of per-round ratios, which differs from the ratio of the medians on these times.
+  speedup = np.asarray(times["online"]) / np.asarray(times["stored"])
+  assert not np.isclose(np.median(speedup), np.median(times["online"]) / np.median(times["stored"]))
+  assert np.isclose(stored["img/s vs online f32"], np.median(speedup)) and "img/s vs online f32" not in online
+  assert "batch 2" in stored["what"] and "stored" in stored["what"]
