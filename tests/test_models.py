@@ -39,9 +39,11 @@ def tiny():
   model = build_sseg(TINY)
   images = jnp.asarray(rng.normal(size=(BATCH, HEIGHT, WIDTH, 3)), jnp.float32)
   tokens = jnp.asarray(_tokens(rng, BATCH))
-  params = jax.jit(lambda k: model.init(k, images, tokens, train=False))(jax.random.key(0))["params"]
+  # One compiled initialisation for every test: the parameters do not depend on pool order or mask feature source.
+  init = jax.jit(lambda k: model.init(k, images, tokens, train=False))
+  params = init(jax.random.key(0))["params"]
   outputs = jax.jit(lambda p: model.apply({"params": p}, images, tokens, train=False))(params)
-  return dict(model=model, params=params, images=images, tokens=tokens, outputs=outputs)
+  return dict(model=model, init=init, params=params, images=images, tokens=tokens, outputs=outputs)
 
 
 def test_output_shapes_and_dtypes(tiny):
@@ -81,7 +83,7 @@ def test_mask_pooled_features_average_pixel_embeddings_under_each_mask(tiny):
   """Each mask's feature is the sigmoid-mask-weighted mean of the pixel embeddings; the image embedding is
   the area-weighted mean of the mask embeddings (project_then_mean), checked in float64 numpy."""
   model = tiny["model"].clone(mask_feature_source="mask_pooled", pool_order="project_then_mean")
-  params = jax.jit(lambda k: model.init(k, tiny["images"], tiny["tokens"], train=False))(jax.random.key(3))
+  params = tiny["init"](jax.random.key(3))
   out = jax.jit(lambda p: model.apply(p, tiny["images"], method="encode_image"))(params)
   pixels, _ = jax.jit(lambda p: model.apply(p, tiny["images"], method=lambda m, x: m.pixel_decoder(m.backbone(x))))(
       params)
@@ -190,9 +192,9 @@ def test_gradients_are_finite_and_reach_every_parameter(tiny):
     return sum(jnp.mean(out[k] * weights[k]) for k in out)
 
   # Perturbed away from the initialisation, whose zero biases make some gradients vanish exactly.
-  leaves, treedef = jax.tree.flatten(tiny["params"])
+  leaves, treedef = jax.tree.flatten(jax.device_get(tiny["params"]))  # Host arrays: no per-leaf device programs.
   params = treedef.unflatten([x + 0.05 * rng.normal(size=x.shape).astype(np.float32) for x in leaves])
-  grads = jax.jit(jax.grad(loss))(params)
+  grads = jax.device_get(jax.jit(jax.grad(loss))(params))
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     name = jax.tree_util.keystr(path)
     assert np.all(np.isfinite(g)), name

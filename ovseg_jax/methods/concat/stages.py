@@ -141,7 +141,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, stage: str
     raise ValueError(f"CONCAT stage {stage!r}: use one of {setup.STAGES}.")
   text_dim = frozen["text"].shape[-1]
   models = setup.build_models(config, text_dim)
-  init = lambda key: setup.init_params(models, config, text_dim, key)
+  # Traced once: the optimizer's labels and the state's shapes share the trace.
+  init = jax.jit(lambda key: setup.init_params(models, config, text_dim, key))
   tx, schedule = setup.make_optimizer(config, stage, config.total_steps, jax.eval_shape(init, jax.random.key(0)))
   if abstract:
     _, state, shardings = abstract_state(init, tx, config, mesh)

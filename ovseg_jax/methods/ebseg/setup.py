@@ -140,6 +140,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, abstract: 
     return model.init({"params": key}, images, images, text, method=lambda m, *a: (
         m(*a), m.encode_text(jnp.zeros((1, context), jnp.int32))))["params"]
 
+  init_params = jax.jit(init_params)  # Traced once: the optimizer's labels and the state's shapes share the trace.
   train_sam = config.model.get("train_sam", False)
   tx, schedule = make_optimizer(config.optimizer, config.total_steps, jax.eval_shape(init_params, jax.random.key(0)),
                                 train_sam)
