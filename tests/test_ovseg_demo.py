@@ -142,7 +142,7 @@ def test_engine_rows_for_the_head_a_clip_workdir_and_the_ensemble(tiny, tmp_path
 
 def test_mining_a_workdir_s_proposals_is_resumable_and_counted(tiny, tmp_path):
   config, _, dirs = tiny
-  # Eight scenes: each is proposed, cropped and named image by image, and eight show every count.
+  # Eight scenes, not the 32 of the tiny config: each is proposed, cropped and named image by image.
   data = ml_collections.ConfigDict({**config.clip.data.to_dict(), "num_train": 8})
   shards = demo_data.ensure_for_config(data, 0).train_shards
   counts = mine.mine(dirs["proposals"], dirs["clip"], shards, tmp_path / "pairs", min_pixels=1)
