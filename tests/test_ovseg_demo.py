@@ -142,9 +142,11 @@ def test_engine_rows_for_the_head_a_clip_workdir_and_the_ensemble(tiny, tmp_path
 
 def test_mining_a_workdir_s_proposals_is_resumable_and_counted(tiny, tmp_path):
   config, _, dirs = tiny
-  shards = demo_data.ensure_for_config(config.clip.data, 0).train_shards
+  # Eight scenes, not the 32 of the tiny config: each is proposed, cropped and named image by image.
+  data = ml_collections.ConfigDict({**config.clip.data.to_dict(), "num_train": 8})
+  shards = demo_data.ensure_for_config(data, 0).train_shards
   counts = mine.mine(dirs["proposals"], dirs["clip"], shards, tmp_path / "pairs", min_pixels=1)
-  assert counts["images"] == config.clip.data.num_train
+  assert counts["images"] == data.num_train
   assert counts["masks"] == counts["images"] * config.proposals.model.decoder.num_queries
   assert counts["pairs"] + counts["masks_empty"] + counts["pairs_dropped"] <= counts["masks"]
   assert json.loads((tmp_path / "pairs" / "counts.json").read_text()) == counts
