@@ -57,8 +57,10 @@ def dino_flops(batch: int) -> float:
   """FLOPs of the frozen DINO ViT-S/8 forward that the online step runs on its batch."""
   import jax
   from ovseg_jax.methods.sseg import setup
-  module, params = setup.pseudo_mask_dino(paper_config(batch).pseudo_masks)
-  images = np.zeros((batch, 224, 224, 3), np.float32)
+  config = paper_config(batch)
+  module, params = setup.pseudo_mask_dino(config.pseudo_masks)
+  size = config.data.image_size
+  images = np.zeros((batch, size, size, 3), np.float32)
   return methods.compiled_flops(jax.jit(lambda p, x: module.apply({"params": p}, x)).lower(params, images).compile())
 
 
@@ -72,11 +74,12 @@ def summarise(times: dict[str, list[float]], steps: dict[str, methods.CompiledSt
   GFLOP/s over that round's ceiling, and the online step's time over the mode's (its speed-up per image)."""
   ceiling = ceiling_flops / np.asarray(times["ceiling"])
   online = np.asarray(times["online"])
+  size = paper_config(batch).data.image_size
   rows = []
   for mode, step in steps.items():
     seconds = np.asarray(times[mode])
     fraction = step.flops / seconds / ceiling
-    row = {"what": f"{MODES[mode][0]}, batch {batch}, 224", "img/s": statistics.median(batch / seconds),
+    row = {"what": f"{MODES[mode][0]}, batch {batch}, {size} px", "img/s": statistics.median(batch / seconds),
            "GFLOP/step": step.flops / 1e9, "GFLOP/s": statistics.median(step.flops / seconds) / 1e9,
            "of f32 ceiling": statistics.median(fraction), "peak GiB": step.peak_gib, "compile s": step.compile_seconds,
            "ceiling in its rounds GFLOP/s": statistics.median(ceiling) / 1e9}

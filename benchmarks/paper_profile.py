@@ -16,7 +16,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
 from benchmarks import common, methods, paper

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import numpy as np
 from absl import app, flags, logging
