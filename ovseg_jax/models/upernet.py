@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ovseg_jax.models.layers import ConvGroupNorm, DType, norm_groups
+from ovseg_jax.models.layers import ConvGroupNorm, DType, Upsample2x, norm_groups
 from ovseg_jax.models.vit import ViT, power_of_two_ratio
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -61,8 +61,7 @@ class MultiLevelNeck(nn.Module):
         if i:
           x = nn.GroupNorm(norm_groups(x.shape[-1]), epsilon=1e-5, name=f"level{level}_norm{i}", **kw)(x)
           x = functools.partial(nn.gelu, approximate=False)(x)
-        x = nn.ConvTranspose(x.shape[-1], (2, 2), strides=(2, 2), padding="VALID", name=f"level{level}_up{i}",
-                             **kw)(x)
+        x = Upsample2x(x.shape[-1], name=f"level{level}_up{i}", **kw)(x)
       if down:
         x = nn.max_pool(x, (2 ** down, 2 ** down), strides=(2 ** down, 2 ** down), padding="VALID")
       outputs.append(x)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ovseg_jax.models.layers import ConvGroupNorm, DType, PreNormBlock, norm_groups
+from ovseg_jax.models.layers import ConvGroupNorm, DType, PreNormBlock, Upsample2x, norm_groups
 
 
 class ViT(nn.Module):
@@ -101,8 +101,7 @@ class SimpleFeaturePyramid(nn.Module):
         if i:
           y = nn.GroupNorm(norm_groups(y.shape[-1]), epsilon=1e-5, name=f"stride{stride}_norm{i}", **kw)(y)
           y = functools.partial(nn.gelu, approximate=False)(y)
-        y = nn.ConvTranspose(y.shape[-1] // 2, (2, 2), strides=(2, 2), padding="VALID",
-                             name=f"stride{stride}_up{i}", **kw)(y)
+        y = Upsample2x(y.shape[-1] // 2, name=f"stride{stride}_up{i}", **kw)(y)
       if down:
         window = (2 ** down, 2 ** down)
         if min(y.shape[1:3]) < window[0]:
