@@ -5,6 +5,10 @@ each time, so a step pays page faults and system time that mimalloc or tcmalloc 
 (benchmarks/README.md has the before/after). mimalloc comes from PyPI (`cmeel-mimalloc`, in requirements.txt),
 so a fresh machine has it without system packages; Debian's libtcmalloc-minimal4 is the fallback. A library
 must be preloaded before the process starts, hence the re-execution. `OVSEG_MALLOC=system` keeps glibc's.
+
+mimalloc by default returns pages freed for 10 ms to the kernel, so a step's temporaries, freed and allocated again
+by the next step, fault their pages in again every step. It runs with `MIMALLOC_PURGE_DELAY=-1` (keep them; an
+explicit setting wins): on the demo, 5x fewer page faults, half the system time and 6-7% more steps per second.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import sysconfig
 from pathlib import Path
 
 OPT_OUT = "OVSEG_MALLOC"
+MIMALLOC_PURGE_DELAY, KEEP_FREED_PAGES = "MIMALLOC_PURGE_DELAY", "-1"
 _CANDIDATES = (
     ("mimalloc", Path(sysconfig.get_paths()["purelib"]) / "cmeel.prefix" / "lib" / "libmimalloc.so.3"),
     ("tcmalloc", Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")),
@@ -37,7 +42,11 @@ def reexec_with_fast_allocator(module: str) -> None:
   found = available()
   if found is None or active() != "system" or os.environ.get(OPT_OUT) == "system" or sys.platform != "linux":
     return
-  preload = " ".join(p for p in (str(found[1]), os.environ.get("LD_PRELOAD", "")) if p)
+  name, path = found
+  preload = " ".join(p for p in (str(path), os.environ.get("LD_PRELOAD", "")) if p)
+  environ = {**os.environ, "LD_PRELOAD": preload}
+  if name == "mimalloc":
+    environ.setdefault(MIMALLOC_PURGE_DELAY, KEEP_FREED_PAGES)
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], {**os.environ, "LD_PRELOAD": preload})
+  os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], environ)
