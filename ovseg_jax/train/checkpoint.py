@@ -14,6 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from ovseg_jax.train import progress
 
@@ -26,10 +27,22 @@ class CheckpointCorruptError(RuntimeError):
   """A checkpoint whose metadata fits the config but whose files cannot be read (truncated, emptied, missing)."""
 
 
+def _save_replicas_in_parallel_only_across_hosts() -> None:
+  """Orbax's default handler for jax.Array, with replica-parallel saving only when there are several hosts.
+
+  Replica-parallel saving splits each replicated array into one slice per replica, each cut by its own small
+  device program, so that hosts share the writing; on one host all replicas are local and the slices only cost
+  time (about 7 s for the first save of a small model on 8 devices). Either way restores the same arrays."""
+  ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=jax.process_count() > 1, array_metadata_store=array_metadata_store.Store()),
+      override=True)
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory`; `restore_latest` resumes into a template state."""
 
   def __init__(self, directory: str | Path, keep: int = 2, async_save: bool = True):
+    _save_replicas_in_parallel_only_across_hosts()
     # Local directories or gs:// (and other tf.io.gfile) URIs; orbax writes both.
     directory = epath.Path(directory)
     self.directory = directory if "://" in str(directory) else directory.resolve()
