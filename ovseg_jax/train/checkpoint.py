@@ -7,6 +7,7 @@ checkpoint restored instead.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class CheckpointCorruptError(RuntimeError):
   """A checkpoint whose metadata fits the config but whose files cannot be read (truncated, emptied, missing)."""
 
 
+@functools.cache  # Once per process: orbax logs a warning at every registration.
 def _save_replicas_in_parallel_only_across_hosts() -> None:
   """Orbax's default handler for jax.Array, with replica-parallel saving only when there are several hosts.
 
