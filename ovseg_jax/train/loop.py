@@ -79,7 +79,10 @@ def run(config: ml_collections.ConfigDict, workdir: Path, mesh: jax.sharding.Mes
   saved_step, preempted = ckpt.latest_step(), False
   try:
     for step in range(start_step + 1, config.total_steps + 1):
-      batch = sharding.host_batch_to_global(next(batches), mesh)
+      fetch_start = time.perf_counter()
+      host_batch = next(batches)
+      meter.add_input_wait(time.perf_counter() - fetch_start)
+      batch = sharding.host_batch_to_global(host_batch, mesh)
       state, step_metrics = train_step(state, batch, key)
       history.append((step, step_metrics))
       last = step == config.total_steps

@@ -65,26 +65,37 @@ def _readable_lines(path: epath.Path) -> list[str]:
 
 
 class Progress:
-  """Measures throughput between reports; the first report after (re)start excludes compilation."""
+  """Measures throughput between reports; the first report after (re)start excludes compilation.
+
+  `input_wait_fraction` is the share of the window's wall time the loop spent waiting for its next host batch:
+  near 0 when the input pipeline keeps ahead of the step, the cause when steps/s drops and it is high."""
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int):
     self.total_steps, self.batch_size = total_steps, batch_size
     self._last_step, self._last_time = start_step, None
+    self._input_wait = 0.0
+
+  def add_input_wait(self, seconds: float) -> None:
+    """Seconds the loop was blocked fetching one batch."""
+    self._input_wait += seconds
 
   def report(self, step: int) -> dict[str, float]:
     now = time.perf_counter()
+    waited, self._input_wait = self._input_wait, 0.0
     if self._last_time is None:
       self._last_step, self._last_time = step, now
       return {}
-    steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    elapsed = max(now - self._last_time, 1e-9)
+    steps_per_sec = (step - self._last_step) / elapsed
     self._last_step, self._last_time = step, now
     return {"steps_per_sec": steps_per_sec, "img_per_sec": steps_per_sec * self.batch_size,
-            "eta_min": (self.total_steps - step) / max(steps_per_sec, 1e-9) / 60}
+            "eta_min": (self.total_steps - step) / max(steps_per_sec, 1e-9) / 60,
+            "input_wait_fraction": min(waited / elapsed, 1.0)}
 
 
 def format_line(step: int, total_steps: int, scalars: dict[str, float]) -> str:
   keys = ("loss", "mask_loss", "contrastive_loss", "contrastive_accuracy", "learning_rate",
-          "steps_per_sec", "img_per_sec", "eta_min")
+          "steps_per_sec", "img_per_sec", "input_wait_fraction", "eta_min")
   parts = [f"{k}={scalars[k]:.4g}" for k in keys if k in scalars]
   return f"step {step}/{total_steps} " + " ".join(parts)
 
