@@ -20,7 +20,8 @@ print(allocator.active(), "libmimalloc" in maps or "libtcmalloc" in maps, os.env
 def _run_probe(tmp_path: Path, **env: str) -> str:
   (tmp_path / "probe.py").write_text(PROBE)
   root = Path(__file__).resolve().parents[1]
-  environ = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.OPT_OUT, allocator.MIMALLOC_PURGE_DELAY)}
+  inherited = ("LD_PRELOAD", allocator.OPT_OUT, allocator.MIMALLOC_PURGE_DELAY)  # Each test sets its own.
+  environ = {k: v for k, v in os.environ.items() if k not in inherited}
   environ.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{root}", **env)
   return subprocess.run([sys.executable, "-m", "probe"], env=environ, cwd=tmp_path, capture_output=True, text=True,
                         check=True).stdout.split()
