@@ -33,8 +33,8 @@ import tensorflow as tf
 
 from data_pipelines import pseudo_mask_shards
 from data_pipelines import shards as shards_lib
+from data_pipelines import tf_options
 
-AUTOTUNE = tf.data.AUTOTUNE
 _ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _JPEG_SOI = b'\xff\xd8'
 # Samples per generator step: tf.data pays a high fixed cost per element of a Python generator.
@@ -71,7 +71,7 @@ def make_image_text_iterator(
     caption_fn: Callable[[str], str | tuple[str, ...]] | None = None,
     context_length: int = 77,
     texts_per_sample: int = 1,
-    num_parallel_calls: int = AUTOTUNE,
+    num_parallel_calls: int | None = None,
     prefetch: int = 2,
     deterministic: bool = True,
     with_keys: bool = False,
@@ -100,7 +100,7 @@ def make_image_text_iterator(
       tuple become all-zero token rows (no SOT), which mark them missing.
     context_length: L.
     texts_per_sample: T, the length of `caption_fn`'s tuples (1: one text, tokens [b, L]).
-    num_parallel_calls: parallel decodes.
+    num_parallel_calls: parallel decodes; None: one per CPU core (`tf_options.parallel_calls`).
     prefetch: batches prepared ahead.
     deterministic: keep the batch order fixed by the seed; False lets a slow decode be overtaken.
     with_keys: add 'key': the samples' webdataset keys (bytes objects), e.g. for debugging.
@@ -133,8 +133,8 @@ def make_image_text_iterator(
                tf.TensorSpec([None, *token_shape], tf.int32), tf.TensorSpec([None], tf.int64))
   if pseudo_mask_grid is not None:
     signature += (tf.TensorSpec([None], tf.string),)
-  options = tf.data.Options()
-  options.deterministic = deterministic
+  options = tf_options.pipeline_options(deterministic)
+  num_parallel_calls = num_parallel_calls or tf_options.parallel_calls()
 
   def tokens_of(caption: str) -> np.ndarray:
     tokens = np.asarray(text_fn(caption), np.int32)

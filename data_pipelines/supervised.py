@@ -22,10 +22,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines import tf_augment
+from data_pipelines import tf_options
 from data_pipelines.prepared import store
 from data_pipelines.segmentation_crops import CropSpec
-
-AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +95,18 @@ class SupervisedPipeline:
 
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
       shuffle_seed = host_seed * 1_000_003 + epoch
+      cycle_length = min(16, len(names))
       records = file_table.shuffle(len(names), seed=shuffle_seed).interleave(
-          lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
-          cycle_length=min(16, len(names)), num_parallel_calls=AUTOTUNE, deterministic=True)
+          lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take), cycle_length=cycle_length,
+          num_parallel_calls=min(cycle_length, tf_options.parallel_calls()), deterministic=True)
       records = records.shuffle(shuffle_buffer, seed=shuffle_seed).enumerate()
       records = records.skip(tf.where(epoch == start_epoch, tf.constant(start_offset, tf.int64), 0))
       return records.map(lambda index, record: (epoch, index, record))
 
     examples = tf.data.Dataset.counter(start_epoch).flat_map(epoch_examples)
-    examples = examples.map(self._example, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
-    return examples.batch(batch_size, drop_remainder=True).prefetch(2)
+    examples = examples.map(self._example, num_parallel_calls=tf_options.parallel_calls(), deterministic=True)
+    examples = examples.ignore_errors().batch(batch_size, drop_remainder=True).prefetch(2)
+    return examples.with_options(tf_options.pipeline_options())
 
   def _example(self, epoch: tf.Tensor, index: tf.Tensor, record: tf.Tensor) -> dict[str, tf.Tensor]:
     raw = self._features.deserialize_example(record, decoders=store.RAW)
