@@ -1,4 +1,5 @@
-"""Launch scripts (syntax, shellcheck, dry runs) and the multi-host start-up decision from the environment."""
+"""Launch scripts and tools/cpu_quota.sh (syntax, shellcheck, dry runs, usage) and the multi-host start-up decision
+from the environment."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 from ovseg_jax.train import distributed
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = [REPO / "launch" / "tpu_pod.sh", REPO / "launch" / "gpu_slurm.sh"]
+SCRIPTS = [REPO / "launch" / "tpu_pod.sh", REPO / "launch" / "gpu_slurm.sh", REPO / "tools" / "cpu_quota.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -21,6 +22,12 @@ def test_scripts_parse(script):
 def test_scripts_pass_shellcheck(script):
   out = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
   assert out.returncode == 0, out.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["2"], ["0", "true"], ["fast", "true"]])
+def test_cpu_quota_refuses_a_missing_command_or_a_bad_factor_with_its_usage(args):
+  out = subprocess.run(["bash", str(REPO / "tools" / "cpu_quota.sh"), *args], capture_output=True, text=True)
+  assert out.returncode == 2 and "usage:" in out.stderr and "FACTOR > 0" in out.stderr
 
 
 def _tpu_dry_run(*args, env=None):
