@@ -1,12 +1,10 @@
 """tf.data settings shared by the training pipelines.
 
-tf.data's autotuner is off. Its model thread sleeps between optimisation passes, the sleeps doubling up to a
-minute, and destroying an iterator waits for that thread; when the wake-up is missed (a busy machine), the
-destruction sleeps out the rest of the period. The image-text pipeline builds one iterator per epoch, so the
+tf.data's autotuner is off. Its model thread sleeps between optimisation passes, and destroying an iterator waits
+for that thread, at times for the rest of its sleep. The image-text pipeline builds one iterator per epoch, so the
 demo stopped for 20-50 s after 8 of 18 epoch ends (stacks taken in a pause: the main thread in
 `~IteratorResource` waiting for the model thread, that thread in `Model::OptimizeLoop`'s timed wait, no thread
-on the CPU). Parallelism is set instead: one call per core, which is where the autotuner settles for
-CPU-bound decoding.
+on the CPU). Parallelism is set instead: one call per usable core.
 """
 import os
 
